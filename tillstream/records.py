@@ -1,0 +1,129 @@
+"""Record contracts: what travels on each topic, shared by every component.
+
+Raw chunks are internal; clean sales, dead letters and duplicates are public
+contracts (see docs/topics.md). Values that must stay exact (money, discounts)
+travel as decimal strings, never as JSON floats.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "SCHEMA_VERSION_HEADER",
+    "CLEAN_FIELDS",
+    "ReasonCode",
+    "SourceRef",
+    "RawChunk",
+    "RowOutcome",
+    "dead_letter_id",
+    "encode",
+    "decode",
+]
+
+SCHEMA_VERSION = 1
+SCHEMA_VERSION_HEADER = "tillstream-schema-version"
+
+CLEAN_FIELDS: tuple[str, ...] = (
+    "order_id",
+    "sold_at",
+    "product",
+    "category",
+    "region",
+    "store_id",
+    "quantity",
+    "unit_price",
+    "discount",
+    "revenue",
+    "currency",
+    "customer_email",
+    "source",
+    "line",
+    "ingested_at",
+)
+"""Fields of a `sales.clean` message, in order; the contract is docs/topics.md."""
+
+
+class ReasonCode(StrEnum):
+    """Why a row was quarantined. A closed list: consumers may switch on it."""
+
+    MISSING_ORDER_ID = "missing_order_id"
+    MISSING_PRODUCT = "missing_product"
+    INVALID_QUANTITY = "invalid_quantity"
+    INVALID_PRICE = "invalid_price"
+    INVALID_DISCOUNT = "invalid_discount"
+    INVALID_DATE = "invalid_date"
+    CONFLICTING_DUPLICATE = "conflicting_duplicate"
+    UNPARSEABLE_ROW = "unparseable_row"
+
+
+class RowOutcome(StrEnum):
+    """Where a row read from a source ended: every row ends in exactly one."""
+
+    CLEAN = "clean"
+    REJECTED = "rejected"
+    DUPLICATE = "duplicate"
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRef:
+    """Provenance of a chunk: which source, which content, which name it had."""
+
+    kind: str
+    """`file` or `poll`."""
+    id: str
+    """Content SHA-256 for a file; poller name and cursor for a poll."""
+    name: str
+    """The path the file had when it was read, or the poller's name."""
+
+
+@dataclass(frozen=True, slots=True)
+class RawChunk:
+    """A chunk of rows from one source: the unit on `sales.raw`.
+
+    Many rows per message is what makes the pipeline fast: Faust pays a fixed
+    cost per event, pandas cleans a whole chunk column-wise.
+    """
+
+    source: SourceRef
+    seq: int
+    columns: list[str]
+    rows: list[list[str | None]]
+    lines: list[int]
+    unparseable: list[tuple[int, str]] = field(default_factory=list)
+    seen_at: float = 0.0
+    """Unix time the source was first seen, for end-to-end latency."""
+
+    def to_json(self) -> bytes:
+        return encode(asdict(self))
+
+    @classmethod
+    def from_json(cls, data: bytes) -> RawChunk:
+        raw = decode(data)
+        return cls(
+            source=SourceRef(**raw["source"]),
+            seq=raw["seq"],
+            columns=raw["columns"],
+            rows=raw["rows"],
+            lines=raw["lines"],
+            unparseable=[(line, text) for line, text in raw["unparseable"]],
+            seen_at=raw["seen_at"],
+        )
+
+
+def dead_letter_id(source_id: str, line: int) -> str:
+    """Stable id of a quarantined row: the same row always gets the same id."""
+    return hashlib.blake2b(f"{source_id}:{line}".encode(), digest_size=12).hexdigest()
+
+
+def encode(value: dict[str, Any]) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(data: bytes) -> Any:
+    return json.loads(data)
