@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
@@ -43,7 +43,10 @@ CLEAN_FIELDS: tuple[str, ...] = (
     "currency",
     "customer_email",
     "source",
+    "source_kind",
+    "source_id",
     "line",
+    "seen_at",
     "ingested_at",
 )
 """Fields of a `sales.clean` message, in order; the contract is docs/topics.md."""
@@ -100,7 +103,21 @@ class RawChunk:
     """Unix time the source was first seen, for end-to-end latency."""
 
     def to_json(self) -> bytes:
-        return encode(asdict(self))
+        return encode(
+            {
+                "source": {
+                    "kind": self.source.kind,
+                    "id": self.source.id,
+                    "name": self.source.name,
+                },
+                "seq": self.seq,
+                "columns": self.columns,
+                "rows": self.rows,
+                "lines": self.lines,
+                "unparseable": self.unparseable,
+                "seen_at": self.seen_at,
+            }
+        )
 
     @classmethod
     def from_json(cls, data: bytes) -> RawChunk:

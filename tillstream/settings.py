@@ -8,6 +8,7 @@ between levels: ``TILLSTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``.
 from __future__ import annotations
 
 import functools
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,6 +60,19 @@ class CleaningRules(_Frozen):
     anonymous_email: str = "anonymous"
     unknown_label: str = "Unknown"
 
+    @field_validator("date_formats")
+    @classmethod
+    def _valid_formats(cls, formats: list[str]) -> list[str]:
+        probe = datetime(2024, 12, 31, 23, 59, 58)
+        for pattern in formats:
+            try:
+                parsed = datetime.strptime(probe.strftime(pattern), pattern)  # noqa: DTZ007
+            except ValueError:
+                raise ValueError(f"{pattern!r} is not a usable date format") from None
+            if parsed.date() != probe.date():
+                raise ValueError(f"{pattern!r} does not carry a whole date")
+        return formats
+
 
 @functools.cache
 def _default_rules_data() -> dict[str, Any]:
@@ -76,7 +90,12 @@ class KafkaConfig(_Frozen):
     """Partitions of every topic tillstream creates: the ceiling on worker replicas."""
     replication_factor: int = Field(1, ge=1)
     retention_hours: int = Field(168, ge=1)
+    topic_prefix: str = ""
+    """Prepended to every topic name, so several deployments can share a cluster."""
     client_id: str = "tillstream"
+    session_timeout_seconds: float = Field(6.0, ge=1, le=300)
+    """How soon a silent consumer is dropped from its group. The embedded broker
+    also waits half of it whenever a group forms, so start-up takes that long."""
     group_prefix: str = "tillstream"
     """Consumer groups and the Faust app id are derived from it."""
 

@@ -1,0 +1,99 @@
+"""The Faust app: two agents, cleaning then dedupe.
+
+`clean` turns each raw chunk into dead letters and, per dedupe partition, one
+message of validated rows. `dedupe` owns the `seen` table for its partitions
+and emits clean sales, conflicts and duplicates. Both publish through the batch
+publisher and finish publishing before Faust commits their input offset, so a
+crash re-delivers rather than loses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import faust
+
+from processors.chunks import clean_chunk, decode_validated
+from processors.dedupe import dedupe
+from processors.state import BatchedChangelogTable
+from producers.publisher import KafkaPublisher
+from tillstream import metrics
+from tillstream.records import SCHEMA_VERSION, SCHEMA_VERSION_HEADER, RawChunk
+from tillstream.settings import Settings
+from tillstream.topics import Topics
+
+__all__ = ["build_app"]
+
+log = logging.getLogger(__name__)
+
+_HEADERS = [(SCHEMA_VERSION_HEADER, str(SCHEMA_VERSION).encode())]
+
+
+def build_app(
+    settings: Settings, bootstrap_servers: str, topics: Topics, publisher: KafkaPublisher
+) -> faust.App:
+    partitions = settings.kafka.partitions
+    app = faust.App(
+        f"{settings.kafka.group_prefix}-worker",
+        broker=[f"kafka://{server}" for server in bootstrap_servers.split(",")],
+        store="memory://",
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=partitions,
+        topic_replication_factor=settings.kafka.replication_factor,
+        consumer_auto_offset_reset="earliest",
+        processing_guarantee="at_least_once",
+        producer_max_request_size=8 * 2**20,
+        consumer_max_fetch_size=16 * 2**20,
+        broker_session_timeout=settings.kafka.session_timeout_seconds,
+        broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 3,
+        broker_rebalance_timeout=settings.kafka.session_timeout_seconds,
+        web_enabled=False,
+    )
+    raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
+    validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")
+    seen = app.tables.add(
+        BatchedChangelogTable(
+            app,
+            name="seen",
+            beacon=app.tables.beacon,
+            partitions=partitions,
+            key_type=str,
+            help="order id -> [fingerprint, source id, line] of its accepted delivery",
+        )
+    )
+    rules = settings.cleaning
+
+    @app.agent(raw_topic, name="clean")
+    async def clean(stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            started = time.perf_counter()
+            chunk = RawChunk.from_json(value)
+            cleaned = clean_chunk(chunk, rules, partitions, datetime.now(UTC))
+            await publisher.publish(topics.dlq.name, cleaned.dead_letters, _HEADERS)
+            await publisher.publish(topics.validated.name, cleaned.validated)
+            rejected = len(cleaned.dead_letters)
+            metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
+            metrics.WORKER_ROWS.labels("clean", "rejected").inc(rejected)
+            for reason, count in cleaned.rejects_by_reason.items():
+                metrics.WORKER_REJECTS.labels(reason).inc(count)
+            metrics.WORKER_CHUNK_SECONDS.labels("clean").observe(time.perf_counter() - started)
+
+    @app.agent(validated_topic, name="dedupe")
+    async def deduplicate(stream: faust.StreamT[bytes]) -> None:
+        async for value in stream:
+            started = time.perf_counter()
+            source, sales = decode_validated(value)
+            output = dedupe(source, sales, seen, datetime.now(UTC))
+            await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
+            await publisher.publish(topics.clean.name, output.clean, _HEADERS)
+            await publisher.publish(topics.dlq.name, output.dead_letters, _HEADERS)
+            await publisher.publish(topics.duplicates.name, output.duplicates, _HEADERS)
+            metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(output.clean))
+            metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(output.dead_letters))
+            metrics.WORKER_REJECTS.labels("conflicting_duplicate").inc(len(output.dead_letters))
+            metrics.WORKER_DUPLICATES.inc(len(output.duplicates))
+            metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
+
+    return app

@@ -1,0 +1,607 @@
+"""Read a dropped sales file as chunks of raw text rows, in flat memory.
+
+Readers only split a file into records; they never interpret values. Every value
+travels as the text received so cleaning sees what the sender wrote, and every
+record that cannot be split into the header's fields is handed on as
+`unparseable` with its line number, never dropped.
+
+Memory is bounded by `chunk_rows` and by `MAX_LINE_CHARS`, whatever the file size:
+text is decoded in blocks, CSV lines are cut from those blocks before the `csv`
+module sees them, and JSON arrays are scanned record by record.
+
+Some problems can only be found part-way through a file (a gzip bomb, a truncated
+gzip stream, a broken JSON array, an over-long line). Then `UnreadableFileError` is
+raised after earlier chunks were yielded; callers must treat the whole file as
+failed, and downstream dedupe absorbs a later retry of the good rows.
+"""
+
+from __future__ import annotations
+
+import codecs
+import csv
+import gzip
+import hashlib
+import io
+import itertools
+import json
+import re
+import zlib
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO, Literal, TextIO, cast
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
+
+__all__ = [
+    "MAX_LINE_CHARS",
+    "FileFormat",
+    "RowChunk",
+    "UnreadableFileError",
+    "read_chunks",
+    "sha256_of",
+    "sniff_format",
+]
+
+MAX_LINE_CHARS = 16 * 2**20
+"""Longest physical line, CSV field or JSON record read, in characters."""
+
+_BLOCK = 2**20
+_SAMPLE_BYTES = 64 * 2**10
+_BINARY_PROBE_BYTES = 1024
+_MAX_CONTROL_SHARE = 0.1
+_GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = codecs.BOM_UTF8
+_UTF16_BOMS = (codecs.BOM_UTF32_LE, codecs.BOM_UTF32_BE, codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)
+_TEXT_CONTROLS = frozenset(b"\t\n\r\f\b\x1b")
+_DELIMITERS = (",", "\t", ";", "|")
+_DELIMITED_SUFFIXES = {".csv": ",", ".tsv": "\t", ".txt": ","}
+_JSON_SUFFIXES = {".json"}
+_NDJSON_SUFFIXES = {".ndjson", ".jsonl"}
+_SUPPORTED = ".csv, .tsv, .txt, .json, .ndjson, .jsonl, each optionally .gz"
+_FALLBACK_ERRORS = "tillstream.cp1252-fallback"
+_JSON_SPACE = " \t\n\r"
+_JSON_NON_SPACE = re.compile(r"[^ \t\n\r]")
+_NDJSON_NEXT = re.compile(r"[ \t\r]*\n[ \t\n\r]*\{")
+_LOOKS_LIKE_VALUE = re.compile(r"[\s$€£+-]*\d[\d\s.,:/%+-]*")
+_TRUNCATION_SLACK = 8
+
+# Process-wide: the csv default (128 KiB) would reject legitimate long text fields.
+csv.field_size_limit(MAX_LINE_CHARS)
+
+
+class UnreadableFileError(Exception):
+    """The file cannot be read as sales rows; str(exc) is a one-line reason for people."""
+
+
+@dataclass(frozen=True, slots=True)
+class RowChunk:
+    """A slice of one file's records, ready to become a `RawChunk` on `sales.raw`."""
+
+    columns: list[str]
+    """Header names exactly as in the file; the same list for every chunk of a file."""
+    rows: list[list[str | None]]
+    """One value per column, as text received; None where a JSON record lacks the key."""
+    lines: list[int]
+    """Where each row came from: physical line (CSV, NDJSON) or 1-based record (JSON)."""
+    unparseable: list[tuple[int, str]]
+    """(line, raw text) of records that could not be split into the header's fields."""
+
+
+@dataclass(frozen=True, slots=True)
+class FileFormat:
+    """How to decode a file, decided once from its name and first bytes."""
+
+    kind: Literal["csv", "json", "ndjson"]
+    encoding: str
+    """`utf-8`, `utf-8-sig` or `cp1252` (bytes cp1252 leaves undefined read as latin-1)."""
+    delimiter: str | None
+    """Field separator for csv-like text, None for JSON."""
+    compressed: bool
+    """gzip, recognised by its magic bytes whatever the name says."""
+
+
+def sha256_of(path: Path) -> str:
+    """Content hash as stored, so a re-dropped identical file is recognised as such."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def sniff_format(path: Path) -> FileFormat:
+    """Decide kind, encoding, delimiter and compression from the name and a prefix.
+
+    Also rejects what is plainly not a sales file (binary, empty, no header, a JSON
+    object) so the caller fails fast, before any row is published.
+    """
+    suffix, compressed = _suffix_and_compression(path)
+    sample, complete = _read_sample(path, compressed)
+    if not sample.strip():
+        raise UnreadableFileError("empty file")
+    if sample.startswith(_UTF16_BOMS):
+        raise UnreadableFileError("UTF-16/UTF-32 text is not supported, save the file as UTF-8")
+    if _is_binary(sample[:_BINARY_PROBE_BYTES]):
+        raise UnreadableFileError("binary content, not a text file")
+    encoding = _detect_encoding(sample, complete)
+    text = codecs.getincrementaldecoder(encoding)(_FALLBACK_ERRORS).decode(sample, complete)
+    if not text.strip():
+        raise UnreadableFileError("empty file")
+    if suffix in _DELIMITED_SUFFIXES:
+        delimiter = _sniff_delimiter(text, complete, _DELIMITED_SUFFIXES[suffix])
+        header = next((r for r in csv.reader(_split_lines([text]), delimiter=delimiter) if r), [])
+        _check_header(header)
+        return FileFormat("csv", encoding, delimiter, compressed)
+    return FileFormat(_json_kind(text, suffix), encoding, None, compressed)
+
+
+def read_chunks(
+    path: Path, chunk_rows: int, max_decompressed_bytes: int = 10 * 2**30
+) -> Iterator[RowChunk]:
+    """Yield the file's records in chunks of at most `chunk_rows` rows plus unparseable.
+
+    The format is sniffed now, so most unreadable files raise here rather than
+    during iteration. A file with a header but no records yields no chunk. JSON
+    columns are the keys of the first record; keys that only later records carry
+    are ignored, and keys a record lacks read as None.
+    """
+    if chunk_rows < 1:
+        raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
+    fmt = sniff_format(path)
+    return _iter_chunks(path, fmt, chunk_rows, max_decompressed_bytes)
+
+
+def _iter_chunks(
+    path: Path, fmt: FileFormat, chunk_rows: int, max_decompressed_bytes: int
+) -> Iterator[RowChunk]:
+    with _open_text(path, fmt, max_decompressed_bytes) as text:
+        if fmt.kind == "csv":
+            yield from _csv_chunks(text, fmt.delimiter or _DELIMITERS[0], chunk_rows)
+        elif fmt.kind == "json":
+            yield from _json_chunks(_JsonArrayScanner(text).records(), chunk_rows)
+        else:
+            yield from _json_chunks(_ndjson_records(text), chunk_rows)
+
+
+# --- bytes: sampling, compression, encoding ------------------------------------------
+
+
+def _suffix_and_compression(path: Path) -> tuple[str, bool]:
+    with path.open("rb") as stream:
+        compressed = stream.read(2) == _GZIP_MAGIC
+    suffixes = [s.lower() for s in path.suffixes]
+    if suffixes and suffixes[-1] == ".gz":
+        if not compressed:
+            raise UnreadableFileError("invalid gzip: the file is named .gz but is not gzip data")
+        suffixes.pop()
+    suffix = suffixes[-1] if suffixes else ""
+    if suffix not in _DELIMITED_SUFFIXES and suffix not in _JSON_SUFFIXES | _NDJSON_SUFFIXES:
+        shown = f"'{suffix}'" if suffix else "no extension"
+        raise UnreadableFileError(f"unsupported file type ({shown}), expected {_SUPPORTED}")
+    return suffix, compressed
+
+
+def _read_sample(path: Path, compressed: bool) -> tuple[bytes, bool]:
+    """The first bytes of content and whether they are the whole content."""
+    with path.open("rb") as raw:
+        if not compressed:
+            sample = raw.read(_SAMPLE_BYTES + 1)
+        else:
+            try:
+                with gzip.GzipFile(fileobj=raw) as unzipped:
+                    sample = unzipped.read(_SAMPLE_BYTES + 1)
+            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+                raise UnreadableFileError(f"invalid gzip: {_one_line(exc)}") from None
+    return sample[:_SAMPLE_BYTES], len(sample) <= _SAMPLE_BYTES
+
+
+def _is_binary(probe: bytes) -> bool:
+    if b"\x00" in probe:
+        return True
+    controls = sum(1 for byte in probe if byte < 0x20 and byte not in _TEXT_CONTROLS)
+    return controls > _MAX_CONTROL_SHARE * len(probe)
+
+
+def _detect_encoding(sample: bytes, complete: bool) -> str:
+    """UTF-8 when the prefix is valid UTF-8, else Windows-1252.
+
+    Later bytes that turn out not to be UTF-8 are still read, as cp1252, through
+    the fallback error handler, so a late stray byte never stops a file.
+    """
+    if sample.startswith(_UTF8_BOM):
+        return "utf-8-sig"
+    try:
+        codecs.getincrementaldecoder("utf-8")().decode(sample, complete)
+    except UnicodeDecodeError:
+        return "cp1252"
+    return "utf-8"
+
+
+def _decode_as_cp1252(exc: UnicodeError) -> tuple[str, int]:
+    """Error handler: read undecodable bytes as cp1252, and latin-1 where cp1252 has a gap."""
+    if not isinstance(exc, UnicodeDecodeError):
+        raise exc
+    text = "".join(_cp1252_char(byte) for byte in exc.object[exc.start : exc.end])
+    return text, exc.end
+
+
+def _cp1252_char(byte: int) -> str:
+    try:
+        return bytes((byte,)).decode("cp1252")
+    except UnicodeDecodeError:
+        return chr(byte)
+
+
+codecs.register_error(_FALLBACK_ERRORS, _decode_as_cp1252)
+
+
+class _BoundedGzip(io.RawIOBase):
+    """Decompresses a gzip stream, refusing to produce more than `limit` bytes."""
+
+    def __init__(self, raw: BinaryIO, limit: int) -> None:
+        super().__init__()
+        self._gzip = gzip.GzipFile(fileobj=raw)
+        self._limit = limit
+        self._produced = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: WriteableBuffer) -> int:
+        view = memoryview(buffer).cast("B")
+        wanted = min(len(view), self._limit + 1 - self._produced)
+        try:
+            data = self._gzip.read1(wanted)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+            raise UnreadableFileError(f"invalid gzip: {_one_line(exc)}") from None
+        self._produced += len(data)
+        if self._produced > self._limit:
+            raise UnreadableFileError(
+                f"decompressed content exceeds {self._limit} bytes (gzip bomb?), stopped reading"
+            )
+        view[: len(data)] = data
+        return len(data)
+
+    def close(self) -> None:
+        self._gzip.close()
+        super().close()
+
+
+@contextmanager
+def _open_text(path: Path, fmt: FileFormat, max_decompressed_bytes: int) -> Iterator[TextIO]:
+    with path.open("rb") as raw:
+        binary: BinaryIO = raw
+        if fmt.compressed:
+            binary = io.BufferedReader(_BoundedGzip(raw, max_decompressed_bytes), _BLOCK)
+        with io.TextIOWrapper(
+            binary, encoding=fmt.encoding, errors=_FALLBACK_ERRORS, newline=""
+        ) as text:
+            yield text
+
+
+def _text_blocks(text: TextIO) -> Iterator[str]:
+    return iter(lambda: text.read(_BLOCK), "")
+
+
+# --- delimited text ----------------------------------------------------------------
+
+
+def _split_lines(blocks: Iterable[str], universal: bool = True) -> Iterator[str]:
+    """Physical lines with their endings, never longer than `MAX_LINE_CHARS` (plus a block).
+
+    Iterating a text file reads a whole line whatever its size; cutting lines from
+    fixed blocks keeps a 500 MB single-line file from being held in memory.
+    Universal mode ends lines at `\\n`, `\\r\\n` and `\\r`, as the csv module does.
+    """
+    newline = "" if universal else "\n"
+    lines_before = 0
+    carry = ""
+    for block in blocks:
+        buffer = carry + block
+        cut = buffer.rfind("\n")
+        if universal:
+            cut = max(cut, buffer.rfind("\r", 0, len(buffer) - 1))
+        complete, carry = buffer[: cut + 1], buffer[cut + 1 :]
+        if complete:
+            lines_before += _count_lines(complete, universal)
+            yield from io.StringIO(complete, newline=newline)
+        if len(carry) > MAX_LINE_CHARS:
+            raise UnreadableFileError(
+                f"line {lines_before + 1} is longer than {MAX_LINE_CHARS // 2**20} MiB"
+            )
+    if carry:
+        yield carry
+
+
+def _count_lines(text: str, universal: bool) -> int:
+    if not universal:
+        return text.count("\n")
+    return text.count("\n") + text.count("\r") - text.count("\r\n")
+
+
+def _sniff_delimiter(text: str, complete: bool, default: str) -> str:
+    """The candidate that splits the sample's records into the most, consistent fields.
+
+    Parsing with each candidate (rather than counting characters) respects quoting,
+    so `"$1,200.00"` in a semicolon file does not make it look comma-separated.
+    """
+    best, best_score = default, (0.0, 1, 0)
+    for delimiter in _DELIMITERS:
+        records = [r for r in csv.reader(_split_lines([text]), delimiter=delimiter) if r]
+        if not complete and len(records) > 1:
+            records.pop()
+        if not records or len(records[0]) < 2:
+            continue
+        width = len(records[0])
+        consistency = sum(len(r) == width for r in records) / len(records)
+        score = (consistency, width, delimiter == default)
+        if score > best_score:
+            best, best_score = delimiter, score
+    return best
+
+
+def _check_header(columns: list[str]) -> None:
+    names = [c for c in columns if c.strip()]
+    if not names:
+        raise UnreadableFileError("no header: the first line has no column names")
+    values = [c for c in names if _LOOKS_LIKE_VALUE.fullmatch(c)]
+    if 2 * len(values) >= len(names):
+        shown = ", ".join(repr(v) for v in values[:3])
+        raise UnreadableFileError(f"no header: the first line looks like data ({shown})")
+
+
+def _csv_chunks(text: TextIO, delimiter: str, chunk_rows: int) -> Iterator[RowChunk]:
+    reader = csv.reader(_split_lines(_text_blocks(text)), delimiter=delimiter)
+    start = 1
+    try:
+        columns = next((r for r in reader if r), None)
+        if columns is None:
+            return
+        _check_header(columns)
+        width = len(columns)
+        rows: list[list[str]] = []
+        lines: list[int] = []
+        unparseable: list[tuple[int, str]] = []
+        start = reader.line_num + 1
+        room = chunk_rows
+        for fields in reader:
+            if len(fields) == width:
+                rows.append(fields)
+                lines.append(start)
+                room -= 1
+            elif fields:
+                unparseable.append((start, delimiter.join(fields)))
+                room -= 1
+            start = reader.line_num + 1
+            if not room:
+                yield _text_chunk(columns, rows, lines, unparseable)
+                rows, lines, unparseable, room = [], [], [], chunk_rows
+    except csv.Error as exc:
+        if "field limit" in str(exc):
+            raise UnreadableFileError(
+                f"record at line {start} has a field longer than {MAX_LINE_CHARS // 2**20} MiB"
+            ) from None
+        raise UnreadableFileError(f"record at line {start}: {_one_line(exc)}") from None
+    if rows or unparseable:
+        yield _text_chunk(columns, rows, lines, unparseable)
+
+
+def _text_chunk(
+    columns: list[str], rows: list[list[str]], lines: list[int], unparseable: list[tuple[int, str]]
+) -> RowChunk:
+    """CSV rows never hold None, but `RowChunk.rows` is invariant in its value type."""
+    return RowChunk(columns, cast("list[list[str | None]]", rows), lines, unparseable)
+
+
+# --- JSON --------------------------------------------------------------------------
+
+
+class _JsonNumber(str):
+    """A JSON number kept as its source text, so no amount is ever rounded through float."""
+
+    __slots__ = ()
+
+
+_JSON = json.JSONDecoder(parse_float=_JsonNumber, parse_int=_JsonNumber, parse_constant=_JsonNumber)
+
+_Record = tuple[int, dict[str, Any] | str]
+"""(line or record number, a JSON object or the raw text of an unparseable record)."""
+
+
+def _json_kind(text: str, suffix: str) -> Literal["json", "ndjson"]:
+    """An array is `json`, objects one per line are `ndjson`, whatever the extension says."""
+    stripped = text.lstrip(_JSON_SPACE)
+    first = stripped[:1]
+    if first == "[":
+        return "json"
+    if suffix in _NDJSON_SUFFIXES:
+        return "ndjson"
+    if first != "{":
+        raise UnreadableFileError(f"not a JSON array: the document starts with {first!r}")
+    try:
+        _, end = _JSON.raw_decode(stripped)
+    except (json.JSONDecodeError, RecursionError):
+        end = len(stripped)
+    if _NDJSON_NEXT.match(stripped, end):
+        return "ndjson"
+    raise UnreadableFileError("JSON document is an object, expected an array of records")
+
+
+class _JsonArrayScanner:
+    """Decodes the records of a JSON array one by one from a sliding text buffer."""
+
+    def __init__(self, text: TextIO) -> None:
+        self._text = text
+        self._buffer = ""
+        self._pos = 0
+        self._eof = False
+
+    def records(self) -> Iterator[_Record]:
+        if self._skip_space() != "[":
+            raise UnreadableFileError("not a JSON array")
+        self._pos += 1
+        if self._skip_space() == "]":
+            self._pos += 1
+        else:
+            yield from self._elements()
+        if self._skip_space():
+            raise UnreadableFileError("unexpected text after the end of the JSON array")
+
+    def _elements(self) -> Iterator[_Record]:
+        for number in itertools.count(1):
+            self._skip_space()
+            value = self._value(number)
+            yield number, value if isinstance(value, dict) else _json_text(value)
+            separator = self._skip_space()
+            self._pos += 1
+            if separator == "]":
+                return
+            if separator != ",":
+                found = repr(separator) if separator else "end of file"
+                raise UnreadableFileError(
+                    f"invalid JSON after record {number}: expected ',' or ']', found {found}"
+                )
+
+    def _value(self, number: int) -> Any:
+        while True:
+            try:
+                value, end = _JSON.raw_decode(self._buffer, self._pos)
+            except RecursionError:
+                raise UnreadableFileError(f"JSON record {number} is nested too deeply") from None
+            except json.JSONDecodeError as exc:
+                truncated = exc.pos >= len(self._buffer) - _TRUNCATION_SLACK or exc.msg.startswith(
+                    "Unterminated string"
+                )
+                if truncated and self._more(number):
+                    continue
+                raise UnreadableFileError(f"invalid JSON in record {number}: {exc.msg}") from None
+            if end < len(self._buffer) or not self._more(number):
+                self._pos = end
+                return value
+
+    def _more(self, number: int) -> bool:
+        """Append a block; False at end of input. A number or a record may continue in it."""
+        if self._eof:
+            return False
+        if len(self._buffer) - self._pos > MAX_LINE_CHARS:
+            raise UnreadableFileError(
+                f"JSON record {number} is larger than {MAX_LINE_CHARS // 2**20} MiB"
+            )
+        block = self._text.read(_BLOCK)
+        if not block:
+            self._eof = True
+            return False
+        self._buffer = self._buffer[self._pos :] + block
+        self._pos = 0
+        return True
+
+    def _skip_space(self) -> str:
+        """The next significant character ('' at end of input), without consuming it."""
+        while True:
+            found = _JSON_NON_SPACE.search(self._buffer, self._pos)
+            if found:
+                self._pos = found.start()
+                return self._buffer[self._pos]
+            self._pos = len(self._buffer)
+            if not self._more(0):
+                return ""
+
+
+def _ndjson_records(text: TextIO) -> Iterator[_Record]:
+    for number, line in enumerate(_split_lines(_text_blocks(text), universal=False), 1):
+        if not line.strip():
+            continue
+        try:
+            value = _JSON.decode(line)
+        except (json.JSONDecodeError, RecursionError):
+            yield number, line.rstrip("\r\n")
+            continue
+        yield number, value if isinstance(value, dict) else line.rstrip("\r\n")
+
+
+def _json_chunks(records: Iterator[_Record], chunk_rows: int) -> Iterator[RowChunk]:
+    first = next(records, None)
+    if first is None:
+        return
+    number, record = first
+    if not isinstance(record, dict):
+        raise UnreadableFileError(
+            f"record {number} is not a JSON object; the first record must name the columns"
+        )
+    if not record:
+        raise UnreadableFileError(f"record {number} has no fields; it must name the columns")
+    columns = list(record)
+    rows: list[list[str | None]] = []
+    lines: list[int] = []
+    unparseable: list[tuple[int, str]] = []
+    for number, record in itertools.chain([first], records):
+        if isinstance(record, dict):
+            rows.append([_json_cell(record.get(key)) for key in columns])
+            lines.append(number)
+        else:
+            unparseable.append((number, record))
+        if len(rows) + len(unparseable) >= chunk_rows:
+            yield RowChunk(columns, rows, lines, unparseable)
+            rows, lines, unparseable = [], [], []
+    if rows or unparseable:
+        yield RowChunk(columns, rows, lines, unparseable)
+
+
+def _json_cell(value: Any) -> str | None:
+    """A JSON value as the row text cleaning expects: null is absent, the rest is text."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return str(value)
+    return _json_text(value)
+
+
+class _Literal(str):
+    """Punctuation queued while re-serialising, told apart from string values."""
+
+    __slots__ = ()
+
+
+_OPEN_LIST, _CLOSE_LIST, _OPEN_OBJECT, _CLOSE_OBJECT, _COMMA = map(_Literal, "[]{},")
+
+
+def _json_text(value: Any) -> str:
+    """Compact JSON text of a decoded value, numbers exactly as they were written.
+
+    Iterative, so any depth the decoder accepted re-serialises without recursion.
+    """
+    parts: list[str] = []
+    pending: list[Any] = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, _Literal | _JsonNumber):
+            parts.append(item)
+        elif isinstance(item, str):
+            parts.append(json.dumps(item, ensure_ascii=False))
+        elif item is None:
+            parts.append("null")
+        elif isinstance(item, bool):
+            parts.append("true" if item else "false")
+        elif isinstance(item, list):
+            pending.append(_CLOSE_LIST)
+            for index in range(len(item) - 1, -1, -1):
+                pending.append(item[index])
+                if index:
+                    pending.append(_COMMA)
+            pending.append(_OPEN_LIST)
+        else:
+            pending.append(_CLOSE_OBJECT)
+            for index, (key, member) in enumerate(reversed(item.items())):
+                if index:
+                    pending.append(_COMMA)
+                pending.append(member)
+                pending.append(_Literal(json.dumps(key, ensure_ascii=False) + ":"))
+            pending.append(_OPEN_OBJECT)
+    return "".join(parts)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__

@@ -1,0 +1,200 @@
+"""ClickHouseSink: consumes the output topics and writes them to ClickHouse in batches.
+
+Offsets are committed only after the batch they cover is written, so a crash
+re-delivers rather than loses. Each insert carries a dedup token derived from
+the batch's content, so a re-delivered batch is dropped by ClickHouse; rows
+that come back in a differently cut batch replace themselves by key.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.structs import OffsetAndMetadata
+
+from sinks.database import Database, is_retryable
+from sinks.history import HistoryEntry, IngestionHistory
+from tillstream import metrics
+from tillstream.settings import SinkConfig
+from tillstream.topics import Topics
+
+__all__ = ["ClickHouseSink"]
+
+log = logging.getLogger(__name__)
+
+MAX_FETCH_BYTES = 16 * 2**20
+
+
+@dataclass
+class _Batch:
+    """What has been consumed and not yet written, per table."""
+
+    values: dict[str, list[bytes]] = field(default_factory=dict)
+    next_offsets: dict[TopicPartition, int] = field(default_factory=dict)
+    started: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(len(values) for values in self.values.values())
+
+
+def dedup_token(table: str, values: list[bytes]) -> str:
+    """The same rows in the same order always give the same token."""
+    digest = hashlib.blake2b(table.encode(), digest_size=16)
+    for value in values:
+        digest.update(value)
+        digest.update(b"\n")
+    return digest.hexdigest()
+
+
+class ClickHouseSink:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        group_id: str,
+        topics: Topics,
+        database: Database,
+        config: SinkConfig,
+        session_timeout_seconds: float,
+        on_sources_done: Callable[[list[HistoryEntry]], Awaitable[None]] | None = None,
+    ) -> None:
+        self._tables = {
+            topics.clean.name: "sales",
+            topics.dlq.name: "quarantine",
+            topics.duplicates.name: "duplicates",
+        }
+        self._consumer = AIOKafkaConsumer(
+            *self._tables,
+            bootstrap_servers=bootstrap_servers,
+            group_id=group_id,
+            client_id=f"{group_id}-consumer",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=MAX_FETCH_BYTES,
+            fetch_max_bytes=4 * MAX_FETCH_BYTES,
+            session_timeout_ms=int(session_timeout_seconds * 1000),
+            heartbeat_interval_ms=int(session_timeout_seconds * 1000 / 3),
+            rebalance_timeout_ms=int(session_timeout_seconds * 1000),
+        )
+        self._db = database
+        self._history = IngestionHistory(database)
+        self._config = config
+        self._on_sources_done = on_sources_done
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        """Consume and write until `stop`; the last partial batch is written first."""
+        await self._consumer.start()
+        metrics.COMPONENT_UP.labels("sink").set(1)
+        batch = _Batch()
+        try:
+            while not self._stopping.is_set():
+                fetched = await self._consumer.getmany(
+                    timeout_ms=100, max_records=self._config.batch_rows
+                )
+                for partition, records in fetched.items():
+                    table = self._tables[partition.topic]
+                    if not batch.rows:
+                        batch.started = time.monotonic()
+                    batch.values.setdefault(table, []).extend(
+                        record.value for record in records if record.value is not None
+                    )
+                    batch.next_offsets[partition] = records[-1].offset + 1
+                age = time.monotonic() - batch.started
+                if batch.next_offsets and (
+                    batch.rows >= self._config.batch_rows or age >= self._config.batch_seconds
+                ):
+                    await self._flush(batch)
+                    batch = _Batch()
+                if not fetched:
+                    await self._reconcile()
+            if batch.next_offsets:
+                await self._flush(batch)
+        finally:
+            metrics.COMPONENT_UP.labels("sink").set(0)
+            await self._consumer.stop()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _flush(self, batch: _Batch) -> None:
+        started = time.perf_counter()
+        for table, values in batch.values.items():
+            if values:
+                await self._write_with_retry(table, values)
+                metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
+                metrics.SINK_BATCH_ROWS.observe(len(values))
+        metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
+        await self._consumer.commit(
+            {tp: OffsetAndMetadata(offset, "") for tp, offset in batch.next_offsets.items()}
+        )
+        await self._reconcile()
+        await self._record_lag()
+
+    async def _write_with_retry(self, table: str, values: list[bytes]) -> None:
+        """Retry connection trouble forever with capped, jittered backoff: that is the
+        backpressure, as nothing more is consumed meanwhile."""
+        delay = 0.1
+        while True:
+            try:
+                await self._write_isolating(table, values)
+                return
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                metrics.SINK_ERRORS.labels("connection").inc()
+                metrics.SINK_RETRIES.inc()
+                log.warning(
+                    "ClickHouse write to %s failed (%s); retrying in %.1fs", table, exc, delay
+                )
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+                delay = min(delay * 2, self._config.retry_max_seconds)
+
+    async def _write_isolating(self, table: str, values: list[bytes]) -> None:
+        """Write a batch; if ClickHouse refuses its content, split it until the
+        offending messages are found, write the rest and log each offender."""
+        try:
+            await self._db.insert_json_rows(table, b"\n".join(values), dedup_token(table, values))
+        except Exception as exc:
+            if is_retryable(exc):
+                raise
+            metrics.SINK_ERRORS.labels("data").inc()
+            if len(values) == 1:
+                log.error("message refused by table %s: %s: %r", table, exc, values[0][:500])
+                return
+            middle = len(values) // 2
+            await self._write_isolating(table, values[:middle])
+            await self._write_isolating(table, values[middle:])
+
+    async def _reconcile(self) -> None:
+        done = await self._history.reconcile()
+        now = time.time()
+        for entry in done:
+            metrics.END_TO_END_SECONDS.observe(max(0.0, now - entry.seen_at.timestamp()))
+            log.info(
+                "source done id=%s name=%s read=%s valid=%d rejected=%d duplicates=%d",
+                entry.source_id[:12],
+                entry.source_name,
+                entry.rows_read,
+                entry.valid,
+                entry.rejected,
+                entry.duplicates,
+            )
+        if done and self._on_sources_done is not None:
+            await self._on_sources_done(done)
+
+    async def _record_lag(self) -> None:
+        for partition in self._consumer.assignment():
+            highwater = self._consumer.highwater(partition)
+            position = await self._consumer.position(partition)
+            if highwater is not None:
+                metrics.SINK_CONSUMER_LAG.labels(partition.topic, partition.partition).set(
+                    max(0, highwater - position)
+                )

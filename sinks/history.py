@@ -1,0 +1,191 @@
+"""Ingestion history: the fate of every source, and the checkpoint of the sources.
+
+A source is `done` only when ClickHouse accounts for every row read from it:
+clean + rejected + duplicate = read. Until then it stays `processing`, and a
+restart reads it again (the rows replace themselves by key).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sinks.database import Database
+from tillstream.records import SourceRef
+
+__all__ = ["SourceStatus", "HistoryEntry", "IngestionHistory"]
+
+
+class SourceStatus(StrEnum):
+    PROCESSING = "processing"
+    DONE = "done"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True)
+class HistoryEntry:
+    source_id: str
+    source_kind: str
+    source_name: str
+    status: SourceStatus
+    rows_read: int | None = None
+    valid: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = field(default_factory=dict)
+    duplicates: int = 0
+    error: str = ""
+    seen_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    started_at: datetime = field(default_factory=lambda: datetime.now(UTC))
+    finished_at: datetime | None = None
+
+    def to_row(self) -> dict[str, Any]:
+        row = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        row["status"] = str(self.status)
+        row["version"] = time.time_ns()
+        return row
+
+    def to_json(self) -> dict[str, Any]:
+        """For `status --json` and the HTTP API."""
+        row = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        row["status"] = str(self.status)
+        for name in ("seen_at", "started_at", "finished_at"):
+            row[name] = row[name].isoformat() if row[name] else None
+        return row
+
+
+_COLUMNS = tuple(HistoryEntry.__dataclass_fields__)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    return value.replace(tzinfo=UTC) if value is not None and value.tzinfo is None else value
+
+
+class IngestionHistory:
+    def __init__(self, database: Database) -> None:
+        self._db = database
+        self._table = f"{database.name}.ingestion_history"
+
+    async def _write(self, entry: HistoryEntry) -> None:
+        row = entry.to_row()
+        names = list(row)
+        await self._db.run(lambda client: client.insert(self._table, [list(row.values())], names))
+
+    async def _select(
+        self, where: str, parameters: dict[str, Any], limit: int
+    ) -> list[HistoryEntry]:
+        rows = await self._db.records(
+            f"SELECT {', '.join(_COLUMNS)} FROM {self._table} FINAL WHERE {where} "
+            f"ORDER BY started_at DESC LIMIT {int(limit)}",
+            parameters,
+        )
+        return [
+            HistoryEntry(
+                **{
+                    **row,
+                    "status": SourceStatus(row["status"]),
+                    "rejected_by_reason": dict(row["rejected_by_reason"]),
+                    "seen_at": _utc(row["seen_at"]),
+                    "started_at": _utc(row["started_at"]),
+                    "finished_at": _utc(row["finished_at"]),
+                }
+            )
+            for row in rows
+        ]
+
+    async def get(self, source_id: str) -> HistoryEntry | None:
+        found = await self._select("source_id = {id:String}", {"id": source_id}, 1)
+        return found[0] if found else None
+
+    async def recent(self, limit: int = 50) -> list[HistoryEntry]:
+        return await self._select("1", {}, limit)
+
+    async def start(self, source: SourceRef, seen_at: datetime) -> HistoryEntry:
+        entry = HistoryEntry(
+            source_id=source.id,
+            source_kind=source.kind,
+            source_name=source.name,
+            status=SourceStatus.PROCESSING,
+            seen_at=seen_at,
+        )
+        await self._write(entry)
+        return entry
+
+    async def finish_reading(self, entry: HistoryEntry, rows_read: int) -> HistoryEntry:
+        entry = replace(entry, rows_read=rows_read)
+        await self._write(entry)
+        return entry
+
+    async def fail(self, entry: HistoryEntry, error: str) -> HistoryEntry:
+        entry = replace(
+            entry, status=SourceStatus.FAILED, error=error, finished_at=datetime.now(UTC)
+        )
+        await self._write(entry)
+        return entry
+
+    async def reconcile(self) -> list[HistoryEntry]:
+        """Mark done every fully read source whose rows are all accounted for."""
+        pending = await self._select("status = 'processing' AND rows_read IS NOT NULL", {}, 1000)
+        if not pending:
+            return []
+        counts = await self._counts([entry.source_id for entry in pending])
+        finished = []
+        for entry in pending:
+            valid, rejected, by_reason, duplicates = counts.get(entry.source_id, (0, 0, {}, 0))
+            updated = replace(
+                entry,
+                valid=valid,
+                rejected=rejected,
+                rejected_by_reason=by_reason,
+                duplicates=duplicates,
+            )
+            if valid + rejected + duplicates == entry.rows_read:
+                updated = replace(updated, status=SourceStatus.DONE, finished_at=datetime.now(UTC))
+                finished.append(updated)
+            if updated != entry:
+                await self._write(updated)
+        return finished
+
+    async def _counts(
+        self, source_ids: list[str]
+    ) -> dict[str, tuple[int, int, dict[str, int], int]]:
+        db = self._db.name
+        params = {"ids": source_ids}
+        valid = await self._db.rows(
+            f"SELECT source_id, uniqExact(line) FROM {db}.sales "
+            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            params,
+        )
+        rejected = await self._db.rows(
+            f"SELECT source_id, uniqExact(line) FROM {db}.quarantine "
+            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            params,
+        )
+        by_reason = await self._db.rows(
+            f"SELECT source_id, reason, uniqExact(line) FROM {db}.quarantine "
+            "ARRAY JOIN reasons AS reason "
+            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id, reason",
+            params,
+        )
+        duplicates = await self._db.rows(
+            f"SELECT source_id, uniqExact(line) FROM {db}.duplicates "
+            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            params,
+        )
+        valid_by_id = dict(valid)
+        rejected_by_id = dict(rejected)
+        duplicates_by_id = dict(duplicates)
+        reasons_by_id: dict[str, dict[str, int]] = {}
+        for source_id, reason, count in by_reason:
+            reasons_by_id.setdefault(source_id, {})[reason] = count
+        return {
+            source_id: (
+                valid_by_id.get(source_id, 0),
+                rejected_by_id.get(source_id, 0),
+                reasons_by_id.get(source_id, {}),
+                duplicates_by_id.get(source_id, 0),
+            )
+            for source_id in source_ids
+        }

@@ -1,0 +1,5 @@
+import sys
+
+from tillstream.cli import main
+
+sys.exit(main())

@@ -1,0 +1,106 @@
+"""The HTTP endpoint of a running component: /metrics, /health and /api/status.
+
+chDB lets one process open a data directory, so commands that read results
+while `up` runs (`tillstream status`) ask the running process through here.
+The address is written to `<data_dir>/api.json` for them to find.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from tillstream.broker import free_port
+
+__all__ = ["HttpApi", "api_file", "read_api_url"]
+
+StatusProvider = Callable[[int], Awaitable[list[dict[str, Any]]]]
+HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
+QueryProvider = Callable[[str], Awaitable[dict[str, Any]]]
+
+
+def api_file(data_dir: Path) -> Path:
+    return data_dir / "api.json"
+
+
+def read_api_url(data_dir: Path) -> str | None:
+    """The URL of the running process that owns this data directory, if any."""
+    try:
+        info = json.loads(api_file(data_dir).read_text(encoding="utf-8"))
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return None
+    return str(info["url"])
+
+
+class HttpApi:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        data_dir: Path,
+        status: StatusProvider | None,
+        health: HealthProvider,
+        query: QueryProvider | None,
+    ) -> None:
+        self._host = host
+        self._port = port
+        self._data_dir = data_dir
+        self._status = status
+        self._health = health
+        self._query = query
+        self._runner: web.AppRunner | None = None
+        self.url = ""
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/health", self._health_check)
+        app.router.add_get("/api/status", self._status_page)
+        app.router.add_post("/api/query", self._query_page)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        port = self._port or free_port()
+        await web.TCPSite(self._runner, self._host, port).start()
+        self.url = f"http://{self._host}:{port}"
+        self._data_dir.mkdir(parents=True, exist_ok=True)
+        api_file(self._data_dir).write_text(
+            json.dumps({"url": self.url, "pid": os.getpid()}), encoding="utf-8"
+        )
+
+    async def stop(self) -> None:
+        api_file(self._data_dir).unlink(missing_ok=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        response = web.Response(body=generate_latest())
+        response.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+        return response
+
+    async def _health_check(self, _: web.Request) -> web.Response:
+        health = await self._health()
+        return web.json_response(health, status=200 if health.get("ok") else 503)
+
+    async def _status_page(self, request: web.Request) -> web.Response:
+        if self._status is None:
+            raise web.HTTPNotFound(text="this component keeps no ingestion history")
+        limit = int(request.query.get("limit", "50"))
+        return web.json_response(await self._status(limit))
+
+    async def _query_page(self, request: web.Request) -> web.Response:
+        """A read-only SQL query against the process's ClickHouse, for CLI commands and tests."""
+        if self._query is None:
+            raise web.HTTPNotFound(text="this component has no ClickHouse connection")
+        sql = await request.text()
+        try:
+            result = await self._query(sql)
+        except Exception as exc:
+            return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
+        return web.json_response(result, dumps=lambda value: json.dumps(value, default=str))

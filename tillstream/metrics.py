@@ -1,0 +1,75 @@
+"""Every Prometheus metric tillstream exports, in one place so dashboards can rely on them.
+
+Names follow `tillstream_<component>_<what>_<unit>`.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+__all__ = [
+    "FILES",
+    "WATCHER_ROWS_READ",
+    "WATCHER_CHUNKS_PUBLISHED",
+    "WORKER_ROWS",
+    "WORKER_REJECTS",
+    "WORKER_DUPLICATES",
+    "WORKER_CHUNK_SECONDS",
+    "SINK_ROWS_WRITTEN",
+    "SINK_BATCH_ROWS",
+    "SINK_FLUSH_SECONDS",
+    "SINK_ERRORS",
+    "SINK_RETRIES",
+    "SINK_CONSUMER_LAG",
+    "END_TO_END_SECONDS",
+    "COMPONENT_UP",
+]
+
+FILES = Counter("tillstream_watcher_files_total", "Files by final status", ["status"])
+WATCHER_ROWS_READ = Counter("tillstream_watcher_rows_read_total", "Rows read from files")
+WATCHER_CHUNKS_PUBLISHED = Counter(
+    "tillstream_watcher_chunks_published_total", "Raw chunks published to Kafka"
+)
+WORKER_ROWS = Counter(
+    "tillstream_worker_rows_total",
+    "Rows leaving a worker stage, by stage and outcome",
+    ["stage", "outcome"],
+)
+WORKER_REJECTS = Counter(
+    "tillstream_worker_rejects_total", "Rejected rows by reason code", ["reason"]
+)
+WORKER_DUPLICATES = Counter(
+    "tillstream_worker_duplicates_total", "Exact re-deliveries of an order, dropped"
+)
+WORKER_CHUNK_SECONDS = Histogram(
+    "tillstream_worker_chunk_seconds",
+    "Time to process one message, by stage",
+    ["stage"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+SINK_ROWS_WRITTEN = Counter(
+    "tillstream_sink_rows_written_total", "Rows written to ClickHouse, by table", ["table"]
+)
+SINK_BATCH_ROWS = Histogram(
+    "tillstream_sink_batch_rows",
+    "Rows per ClickHouse insert",
+    buckets=(10, 100, 1_000, 10_000, 50_000, 100_000, 250_000, 1_000_000),
+)
+SINK_FLUSH_SECONDS = Histogram(
+    "tillstream_sink_flush_seconds",
+    "Time to write one batch to ClickHouse",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+SINK_ERRORS = Counter("tillstream_sink_errors_total", "Failed ClickHouse writes, by kind", ["kind"])
+SINK_RETRIES = Counter("tillstream_sink_retries_total", "ClickHouse write retries")
+SINK_CONSUMER_LAG = Gauge(
+    "tillstream_sink_consumer_lag_messages",
+    "Messages not yet written, per topic and partition",
+    ["topic", "partition"],
+)
+END_TO_END_SECONDS = Histogram(
+    "tillstream_end_to_end_seconds",
+    "From a source being seen to all its rows being visible in ClickHouse",
+    buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 1800),
+)
+COMPONENT_UP = Gauge("tillstream_component_up", "1 while a component runs", ["component"])

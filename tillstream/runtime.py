@@ -1,0 +1,231 @@
+"""Runtime: wires the components from settings and runs them until asked to stop.
+
+`up` is every component in one process; `watch`, `worker` and `sink` are one
+each. The code is the same: only the configuration differs (where Kafka and
+ClickHouse are), and an empty bootstrap address means "start the embedded
+broker", which only `up` may do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from processors.app import build_app
+from producers.file_ingest import FileIngestor
+from producers.publisher import KafkaPublisher
+from producers.watcher import FolderWatcher
+from sinks.clickhouse_sink import ClickHouseSink
+from sinks.database import Database
+from sinks.history import IngestionHistory
+from sinks.schema import migrate
+from tillstream import metrics
+from tillstream.broker import EmbeddedBroker, wait_for_metadata
+from tillstream.http_api import HttpApi
+from tillstream.settings import ConfigError, Settings
+from tillstream.topics import Topics, ensure_topics
+
+__all__ = ["Component", "Runtime"]
+
+log = logging.getLogger(__name__)
+
+
+class Component(StrEnum):
+    WATCH = "watch"
+    WORKER = "worker"
+    SINK = "sink"
+
+
+ALL_COMPONENTS = frozenset(Component)
+
+
+@dataclass
+class _Stack:
+    """What has been started, stopped in reverse order."""
+
+    stops: list[Callable[[], Awaitable[Any]]] = field(default_factory=list)
+
+    async def close(self) -> None:
+        while self.stops:
+            stop = self.stops.pop()
+            try:
+                await stop()
+            except Exception:
+                log.exception("error while stopping")
+
+
+class Runtime:
+    def __init__(self, settings: Settings, components: frozenset[Component]) -> None:
+        if settings.embedded_broker and components != ALL_COMPONENTS:
+            raise ConfigError(
+                "invalid setting kafka.bootstrap_servers: required to run "
+                f"{', '.join(sorted(components))} as a separate component"
+            )
+        self.settings = settings
+        self.components = components
+        self.topics = Topics.from_config(settings.kafka)
+        self.bootstrap_servers = settings.kafka.bootstrap_servers
+        self.api_url = ""
+        self.ready = asyncio.Event()
+        self._stack = _Stack()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._sink: ClickHouseSink | None = None
+        self._database: Database | None = None
+        self._history: IngestionHistory | None = None
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start everything, run until `stop` is set or a component fails, stop cleanly."""
+        try:
+            await self._start()
+            self.ready.set()
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                [stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await self._stop()
+
+    async def _start(self) -> None:
+        settings = self.settings
+        if settings.embedded_broker:
+            broker = EmbeddedBroker(log_file=settings.data_dir / "broker.log")
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            await broker.start()
+            self._stack.stops.append(broker.stop)
+            self.bootstrap_servers = broker.bootstrap_servers
+        else:
+            await wait_for_metadata(self.bootstrap_servers)
+        await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics)
+
+        publisher = KafkaPublisher(self.bootstrap_servers, settings.kafka.client_id)
+        await publisher.start()
+        self._stack.stops.append(publisher.stop)
+
+        if self.components & {Component.WATCH, Component.SINK}:
+            self._database = await self._open_database()
+            self._history = IngestionHistory(self._database)
+
+        api = HttpApi(
+            settings.metrics.host,
+            settings.metrics.port,
+            settings.data_dir,
+            self._status if self._history is not None else None,
+            self._health,
+            self._query if self._database is not None else None,
+        )
+        await api.start()
+        self._stack.stops.append(api.stop)
+        self.api_url = api.url
+
+        if Component.SINK in self.components:
+            await self._start_sink()
+        if Component.WORKER in self.components:
+            app = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            await app.start()
+            metrics.COMPONENT_UP.labels("worker").set(1)
+            self._stack.stops.append(app.stop)
+        if Component.WATCH in self.components:
+            await self._start_watcher(publisher)
+
+    async def _open_database(self) -> Database:
+        database = Database(self.settings.clickhouse_url, self.settings.clickhouse)
+        await migrate(database)
+        self._stack.stops.append(database.close)
+        return database
+
+    async def _start_sink(self) -> None:
+        # The sink writes from its own thread and client, apart from the history readers.
+        database = Database(self.settings.clickhouse_url, self.settings.clickhouse)
+        self._stack.stops.append(database.close)
+        sink = ClickHouseSink(
+            self.bootstrap_servers,
+            f"{self.settings.kafka.group_prefix}-sink",
+            self.topics,
+            database,
+            self.settings.sink,
+            self.settings.kafka.session_timeout_seconds,
+        )
+        self._sink = sink
+        task = asyncio.create_task(sink.run(), name="sink")
+        self._tasks.append(task)
+
+        async def stop_sink() -> None:
+            sink.stop()
+            await task
+
+        self._stack.stops.append(stop_sink)
+
+    async def _start_watcher(self, publisher: KafkaPublisher) -> None:
+        assert self._history is not None  # noqa: S101 - opened for WATCH above
+        config = self.settings.watch
+        ingestor = FileIngestor(
+            config, self.settings.cleaning, publisher, self.topics.raw.name, self._history
+        )
+        watcher = FolderWatcher(config.inbox, config.stable_seconds)
+        in_flight = asyncio.Semaphore(config.max_in_flight_files)
+        ingests: set[asyncio.Task[Any]] = set()
+
+        async def ingest(path: Path) -> None:
+            try:
+                await ingestor.ingest(path)
+            except Exception:
+                log.exception("ingesting %s failed; it stays in the inbox", path)
+            finally:
+                watcher.release(path)
+                in_flight.release()
+
+        async def watch() -> None:
+            metrics.COMPONENT_UP.labels("watcher").set(1)
+            try:
+                async for path in watcher.ready_files():
+                    await in_flight.acquire()
+                    task = asyncio.create_task(ingest(path), name=f"ingest {path.name}")
+                    ingests.add(task)
+                    task.add_done_callback(ingests.discard)
+            finally:
+                metrics.COMPONENT_UP.labels("watcher").set(0)
+
+        task = asyncio.create_task(watch(), name="watcher")
+        self._tasks.append(task)
+
+        async def stop_watcher() -> None:
+            for running in [task, *ingests]:
+                running.cancel()
+            for running in [task, *ingests]:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await running
+
+        self._stack.stops.append(stop_watcher)
+
+    async def _stop(self) -> None:
+        await self._stack.close()
+        metrics.COMPONENT_UP.labels("worker").set(0)
+
+    async def _status(self, limit: int) -> list[dict[str, Any]]:
+        assert self._history is not None  # noqa: S101 - only registered with a history
+        return [entry.to_json() for entry in await self._history.recent(limit)]
+
+    async def _query(self, sql: str) -> dict[str, Any]:
+        assert self._database is not None  # noqa: S101 - only registered with a database
+        return await self._database.read_only_query(sql)
+
+    async def _health(self) -> dict[str, Any]:
+        components = {str(c): not any(t.done() for t in self._tasks) for c in self.components}
+        return {
+            "ok": all(components.values()),
+            "components": components,
+            "kafka": self.bootstrap_servers,
+            "clickhouse": self.settings.clickhouse_url
+            if self.components & {Component.WATCH, Component.SINK}
+            else None,
+        }
