@@ -33,7 +33,8 @@ _HEADERS = [(SCHEMA_VERSION_HEADER, str(SCHEMA_VERSION).encode())]
 
 def build_app(
     settings: Settings, bootstrap_servers: str, topics: Topics, publisher: KafkaPublisher
-) -> faust.App:
+) -> tuple[faust.App, BatchedChangelogTable]:
+    """The app and its dedupe table, whose changelog may need restoring before start."""
     partitions = settings.kafka.partitions
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
@@ -96,4 +97,4 @@ def build_app(
             metrics.WORKER_DUPLICATES.inc(len(output.duplicates))
             metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
 
-    return app
+    return app, seen

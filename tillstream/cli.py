@@ -37,7 +37,7 @@ def _summary(settings: Settings, runtime: Any) -> str:
     watch = settings.watch
     lines = [
         f"tillstream {' + '.join(sorted(runtime.components))} is running",
-        f"  kafka       {kafka}",
+        f"  kafka       {kafka}, idempotent producers {'on' if runtime.idempotent else 'off'}",
         f"  clickhouse  {settings.clickhouse_url}",
         f"  metrics     {runtime.api_url}/metrics   health: {runtime.api_url}/health",
     ]

@@ -31,6 +31,7 @@ SCHEMA_VERSION_HEADER = "tillstream-schema-version"
 
 CLEAN_FIELDS: tuple[str, ...] = (
     "order_id",
+    "fingerprint",
     "sold_at",
     "product",
     "category",

@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 from processors.app import build_app
+from processors.state import restore_changelog
 from producers.file_ingest import FileIngestor
 from producers.publisher import KafkaPublisher
 from producers.watcher import FolderWatcher
+from sinks.accepted_orders import accepted_orders
 from sinks.clickhouse_sink import ClickHouseSink
 from sinks.database import Database
 from sinks.history import IngestionHistory
 from sinks.schema import migrate
 from tillstream import metrics
-from tillstream.broker import EmbeddedBroker, wait_for_metadata
+from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
 from tillstream.http_api import HttpApi
 from tillstream.settings import ConfigError, Settings
 from tillstream.topics import Topics, ensure_topics
@@ -72,6 +74,7 @@ class Runtime:
         self.topics = Topics.from_config(settings.kafka)
         self.bootstrap_servers = settings.kafka.bootstrap_servers
         self.api_url = ""
+        self.idempotent = False
         self.ready = asyncio.Event()
         self._stack = _Stack()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -97,9 +100,9 @@ class Runtime:
 
     async def _start(self) -> None:
         settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.embedded_broker:
             broker = EmbeddedBroker(log_file=settings.data_dir / "broker.log")
-            settings.data_dir.mkdir(parents=True, exist_ok=True)
             await broker.start()
             self._stack.stops.append(broker.stop)
             self.bootstrap_servers = broker.bootstrap_servers
@@ -107,7 +110,10 @@ class Runtime:
             await wait_for_metadata(self.bootstrap_servers)
         await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics)
 
-        publisher = KafkaPublisher(self.bootstrap_servers, settings.kafka.client_id)
+        self.idempotent = await self._idempotence()
+        publisher = KafkaPublisher(
+            self.bootstrap_servers, settings.kafka.client_id, idempotent=self.idempotent
+        )
         await publisher.start()
         self._stack.stops.append(publisher.stop)
 
@@ -130,12 +136,29 @@ class Runtime:
         if Component.SINK in self.components:
             await self._start_sink()
         if Component.WORKER in self.components:
-            app = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            app, seen = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            if self._database is not None:
+                restored = await restore_changelog(
+                    seen, self.bootstrap_servers, publisher, accepted_orders(self._database)
+                )
+                if restored:
+                    log.info("rebuilt dedupe state of %d orders from ClickHouse", restored)
             await app.start()
             metrics.COMPONENT_UP.labels("worker").set(1)
             self._stack.stops.append(app.stop)
         if Component.WATCH in self.components:
             await self._start_watcher(publisher)
+
+    async def _idempotence(self) -> bool:
+        mode = self.settings.kafka.exactly_once
+        if mode == "auto":
+            return await supports_idempotence(self.bootstrap_servers)
+        if mode == "on" and not await supports_idempotence(self.bootstrap_servers):
+            raise ConfigError(
+                "invalid setting kafka.exactly_once: 'on', but the broker at "
+                f"{self.bootstrap_servers} refuses idempotent producers"
+            )
+        return mode == "on"
 
     async def _open_database(self) -> Database:
         database = Database(self.settings.clickhouse_url, self.settings.clickhouse)

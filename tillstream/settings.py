@@ -93,6 +93,9 @@ class KafkaConfig(_Frozen):
     topic_prefix: str = ""
     """Prepended to every topic name, so several deployments can share a cluster."""
     client_id: str = "tillstream"
+    exactly_once: Literal["auto", "on", "off"] = "auto"
+    """Idempotent producers (no duplicates from producer retries). `auto` turns them on
+    when the broker grants a producer id: Apache Kafka does, the embedded broker does not."""
     session_timeout_seconds: float = Field(6.0, ge=1, le=300)
     """How soon a silent consumer is dropped from its group. The embedded broker
     also waits half of it whenever a group forms, so start-up takes that long."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
 
@@ -14,13 +14,6 @@ from tests.pipeline import Pipeline
 from tillstream.sample_data import GroundTruth, generate_sales
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def pipeline(tmp_path: Path) -> Iterator[Pipeline]:
-    pipeline = Pipeline(tmp_path / "run")
-    yield pipeline
-    pipeline.close()
 
 
 def rejects_by_reason(pipeline: Pipeline, source_id: str) -> dict[str, int]:
@@ -116,33 +109,29 @@ def test_restart_processes_nothing_twice_and_renamed_content_adds_nothing(
 
 
 def test_a_latin1_file_with_its_own_headers_is_cleaned_through_configuration(
-    tmp_path: Path,
+    make_pipeline: Callable[..., Pipeline],
 ) -> None:
-    pipeline = Pipeline(
-        tmp_path / "run",
-        config={"cleaning": {"product_aliases": {"machine à café": "Coffee Maker"}}},
+    pipeline = make_pipeline(
+        config={"cleaning": {"product_aliases": {"machine à café": "Coffee Maker"}}}
     )
-    try:
-        pipeline.start()
-        text = (
-            "ID,Date,Product,Qty,Price,Store_ID\n"
-            'L-1,2025/03/14,Machine à Café,2,"$1,200.00",Café-Nord\n'
-            "L-2,14-Mar-2025,smartfone x,1,USD 500,S2\n"
-            "L-3,2025/13/45,Desk Lamp,1,$20.00,S3\n"
-        )
-        (pipeline.inbox / "latin1.csv").write_bytes(text.encode("cp1252"))
-        row = pipeline.wait_for_status("latin1.csv", "done")
-        assert (row["valid"], row["rejected_by_reason"]) == (2, {"invalid_date": 1})
-        sales = pipeline.query(
-            "SELECT order_id, toString(sold_at), product, quantity, toString(unit_price), "
-            "toString(revenue), store_id FROM tillstream.sales FINAL ORDER BY order_id"
-        )
-        assert sales == [
-            ["L-1", "2025-03-14 00:00:00.000", "Coffee Maker", 2, "1200", "2400", "Café-Nord"],
-            ["L-2", "2025-03-14 00:00:00.000", "Smartphone X", 1, "500", "500", "S2"],
-        ]
-    finally:
-        pipeline.close()
+    pipeline.start()
+    text = (
+        "ID,Date,Product,Qty,Price,Store_ID\n"
+        'L-1,2025/03/14,Machine à Café,2,"$1,200.00",Café-Nord\n'
+        "L-2,14-Mar-2025,smartfone x,1,USD 500,S2\n"
+        "L-3,2025/13/45,Desk Lamp,1,$20.00,S3\n"
+    )
+    (pipeline.inbox / "latin1.csv").write_bytes(text.encode("cp1252"))
+    row = pipeline.wait_for_status("latin1.csv", "done")
+    assert (row["valid"], row["rejected_by_reason"]) == (2, {"invalid_date": 1})
+    sales = pipeline.query(
+        "SELECT order_id, toString(sold_at), product, quantity, toString(unit_price), "
+        "toString(revenue), store_id FROM tillstream.sales FINAL ORDER BY order_id"
+    )
+    assert sales == [
+        ["L-1", "2025-03-14 00:00:00.000", "Coffee Maker", 2, "1200", "2400", "Café-Nord"],
+        ["L-2", "2025-03-14 00:00:00.000", "Smartphone X", 1, "500", "500", "S2"],
+    ]
 
 
 def test_an_unreadable_file_moves_to_failed_with_its_reason(pipeline: Pipeline) -> None:
