@@ -100,9 +100,12 @@ async def _history_rows(settings: Settings, limit: int) -> list[dict[str, Any]]:
 
     url = read_api_url(settings.data_dir)
     if url is not None:
-        with urllib.request.urlopen(f"{url}/api/status?limit={limit}", timeout=10) as response:  # noqa: S310 - our own loopback API
-            rows: list[dict[str, Any]] = json.load(response)
-            return rows
+        try:
+            with urllib.request.urlopen(f"{url}/api/status?limit={limit}", timeout=10) as response:  # noqa: S310 - our own loopback API
+                rows: list[dict[str, Any]] = json.load(response)
+                return rows
+        except OSError:
+            log.warning("no answer from %s; reading the database directly", url)
     from sinks.database import Database
     from sinks.history import IngestionHistory
     from sinks.schema import migrate

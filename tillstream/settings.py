@@ -229,9 +229,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not config_file.is_file():
             raise ConfigError(f"config file {config_file} does not exist")
         try:
-            yaml.safe_load(config_file.read_text(encoding="utf-8"))
+            document = yaml.safe_load(config_file.read_text(encoding="utf-8"))
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config file {config_file} is not valid YAML: {exc}") from None
+            first_line = str(exc).splitlines()[0]
+            raise ConfigError(
+                f"config file {config_file} is not valid YAML: {first_line}"
+            ) from None
+        if document is not None and not isinstance(document, dict):
+            raise ConfigError(f"config file {config_file} must be a mapping of settings")
     _yaml_file.path = config_file
     try:
         return Settings(**overrides)

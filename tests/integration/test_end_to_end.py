@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
 import time
 from collections.abc import Callable
 from decimal import Decimal
@@ -64,6 +66,17 @@ def test_a_file_written_in_pieces_lands_exactly_once_with_its_ground_truth(
     assert_matches_truth(pipeline, row["source_id"], truth)
     pipeline.wait_for(lambda: (pipeline.archive / "sales.csv").exists(), 10, "the archive")
     assert not (pipeline.inbox / "sales.csv").exists()
+
+    # What a user runs in another terminal while `up` holds the database.
+    status = subprocess.run(
+        pipeline.command("status", "--json"), capture_output=True, text=True, check=True
+    )
+    [shown] = json.loads(status.stdout)
+    assert (shown["status"], shown["valid"], shown["rows_read"]) == (
+        "done",
+        truth.valid,
+        truth.rows,
+    )
     assert pipeline.stop() == 0
 
 
