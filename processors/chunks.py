@@ -10,11 +10,15 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
+import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
 
-from processors.cleaning import clean_rows
+from processors.cleaning import CLEAN_COLUMNS, clean_rows
 from producers.publisher import Message, partition_for
 from tillstream.records import (
     SCHEMA_VERSION,
@@ -36,20 +40,9 @@ __all__ = [
     "isoformat",
 ]
 
-FINGERPRINT_COLUMNS = [
-    "order_id",
-    "sold_at",
-    "product",
-    "category",
-    "region",
-    "store_id",
-    "quantity",
-    "unit_price_cents",
-    "discount_ppm",
-    "currency",
-    "customer_email",
-]
-"""What makes two deliveries of an order the same sale; provenance is not part of it."""
+FINGERPRINT_COLUMNS = [name for name in CLEAN_COLUMNS if name != "revenue_cents"]
+"""What makes two deliveries of an order the same sale (revenue follows from the rest;
+provenance is not part of it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +53,8 @@ class ValidatedSale:
     fingerprint: str
     line: int
     clean_json: str
-    original: dict[str, str | None]
+    original_json: str
+    """The row as received, a JSON object: what a conflict's dead letter carries."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +76,12 @@ def _decimal_text(units: pd.Series, scale: int) -> pd.Series:
     whole = (units // divisor).astype(str)
     fraction = (units % divisor).astype(str).str.zfill(scale)
     return whole + "." + fraction
+
+
+def _iso_milliseconds(moments: pd.Series) -> pd.Series:
+    """The same ISO 8601 form as `isoformat`, column-wise."""
+    millis = (moments.dt.microsecond // 1000).astype(str).str.zfill(3)
+    return moments.dt.strftime("%Y-%m-%dT%H:%M:%S.") + millis + "Z"
 
 
 def _unique_columns(columns: list[str]) -> list[str]:
@@ -125,36 +125,60 @@ def dead_letter(
     return Message(key=letter_id.encode(), value=encode(value))
 
 
+def _json_strings(values: pd.Series | str) -> pa.Array | pa.Scalar:
+    """JSON string literals of a text column (each distinct value encoded once)."""
+    if isinstance(values, str):
+        return pa.scalar(encode_basestring(values))
+    codes, uniques = pd.factorize(values, sort=False)
+    literals = np.array([encode_basestring(str(value)) for value in uniques], dtype=object)
+    return pa.array(literals[codes], pa.string())
+
+
+def _json_numbers(values: pd.Series | pd.Index) -> pa.Array:
+    return pa.array(np.asarray(values, dtype=np.int64).astype(str), pa.string())
+
+
 def _clean_messages(
     clean: pd.DataFrame, fingerprints: pd.Series, chunk: RawChunk, now: datetime
 ) -> list[str]:
+    """The `sales.clean` values, built column by column rather than row by row.
+
+    Field order follows CLEAN_FIELDS; strings go through the json module's own
+    escaping, so the text is what json.dumps would write, without a dict per row.
+    """
     source = chunk.source
-    table = pd.DataFrame(
-        {
-            "schema_version": SCHEMA_VERSION,
-            "order_id": clean["order_id"],
-            "fingerprint": fingerprints,
-            "sold_at": clean["sold_at"].dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-            "product": clean["product"],
-            "category": clean["category"],
-            "region": clean["region"],
-            "store_id": clean["store_id"],
-            "quantity": clean["quantity"].astype("int64"),
-            "unit_price": _decimal_text(clean["unit_price_cents"], 2),
-            "discount": _decimal_text(clean["discount_ppm"], 6),
-            "revenue": _decimal_text(clean["revenue_cents"], 2),
-            "currency": clean["currency"],
-            "customer_email": clean["customer_email"],
-            "source": source.name,
-            "source_kind": source.kind,
-            "source_id": source.id,
-            "line": clean.index.astype("int64"),
-            "seen_at": isoformat(datetime.fromtimestamp(chunk.seen_at, now.tzinfo)),
-            "ingested_at": isoformat(now),
-        },
-        index=clean.index,
-    )
-    return [encode(record).decode() for record in table.to_dict("records")]
+    seen_at = isoformat(datetime.fromtimestamp(chunk.seen_at, now.tzinfo))
+    fields: dict[str, pa.Array | pa.Scalar] = {
+        "schema_version": pa.scalar(str(SCHEMA_VERSION)),
+        "order_id": _json_strings(clean["order_id"]),
+        "fingerprint": _json_strings(fingerprints),
+        "sold_at": _json_strings(_iso_milliseconds(clean["sold_at"])),
+        "product": _json_strings(clean["product"]),
+        "category": _json_strings(clean["category"]),
+        "region": _json_strings(clean["region"]),
+        "store_id": _json_strings(clean["store_id"]),
+        "quantity": _json_numbers(clean["quantity"]),
+        "unit_price": _json_strings(_decimal_text(clean["unit_price_cents"], 2)),
+        "discount": _json_strings(_decimal_text(clean["discount_ppm"], 6)),
+        "revenue": _json_strings(_decimal_text(clean["revenue_cents"], 2)),
+        "currency": _json_strings(clean["currency"]),
+        "customer_email": _json_strings(clean["customer_email"]),
+        "source": _json_strings(source.name),
+        "source_kind": _json_strings(source.kind),
+        "source_id": _json_strings(source.id),
+        "line": _json_numbers(clean.index),
+        "seen_at": _json_strings(seen_at),
+        "ingested_at": _json_strings(isoformat(now)),
+    }
+    parts: list[pa.Array | pa.Scalar] = []
+    for position, (name, value) in enumerate(fields.items()):
+        parts.append(pa.scalar(("{" if position == 0 else ",") + f'"{name}":'))
+        parts.append(value)
+    parts.append(pa.scalar("}"))
+    if clean.empty:
+        return []
+    joined = pc.binary_join_element_wise(*parts, "")
+    return joined.to_pylist()  # type: ignore[no-any-return]
 
 
 def clean_chunk(
@@ -203,7 +227,7 @@ def clean_chunk(
     fingerprints = pd.util.hash_pandas_object(clean[FINGERPRINT_COLUMNS], index=False).map(
         "{:016x}".format
     )
-    by_partition: dict[int, list[list[Any]]] = defaultdict(list)
+    by_partition: dict[int, list[str]] = defaultdict(list)
     for order_id, fingerprint, line, clean_json in zip(
         clean["order_id"],
         fingerprints,
@@ -211,14 +235,17 @@ def clean_chunk(
         _clean_messages(clean, fingerprints, chunk, now),
         strict=True,
     ):
-        partition = partition_for(order_id.encode(), partitions)
-        original = dict(zip(columns, originals[line], strict=True))
-        by_partition[partition].append([order_id, fingerprint, int(line), clean_json, original])
-    source = {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}
+        original = encode(dict(zip(columns, originals[line], strict=True))).decode()
+        by_partition[partition_for(order_id.encode(), partitions)].append(
+            f"{encode_basestring(order_id)}\t{fingerprint}\t{line}\t{clean_json}\t{original}"
+        )
+    header = encode(
+        {"source": {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}}
+    )
     validated = [
         Message(
             key=f"{chunk.source.id}:{chunk.seq}:{partition}".encode(),
-            value=encode({"source": source, "sales": sales}),
+            value=b"\n".join([header, *(sale.encode() for sale in sales)]),
             partition=partition,
         )
         for partition, sales in sorted(by_partition.items())
@@ -227,6 +254,13 @@ def clean_chunk(
 
 
 def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:
-    message = decode(value)
-    sales = [ValidatedSale(*entry) for entry in message["sales"]]
-    return SourceRef(**message["source"]), sales
+    """A `sales.validated` message: a JSON header line, then one line per sale of
+    tab-separated fields (JSON escapes every tab and newline inside them)."""
+    header, *lines = value.decode().split("\n")
+    sales = []
+    for text in lines:
+        order_id, fingerprint, line, clean_json, original_json = text.split("\t", 4)
+        sales.append(
+            ValidatedSale(decode(order_id), fingerprint, int(line), clean_json, original_json)
+        )
+    return SourceRef(**decode(header.encode())["source"]), sales

@@ -55,7 +55,7 @@ def dedupe(
                 dead_letter(
                     source,
                     sale.line,
-                    sale.original,
+                    decode(sale.original_json.encode()),
                     [ReasonCode.CONFLICTING_DUPLICATE],
                     {
                         "order_id": f"order {sale.order_id!r} was first received with other "

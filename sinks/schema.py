@@ -14,6 +14,11 @@ from sinks.database import Database
 __all__ = ["migrate", "TABLES"]
 
 _DEDUP = "non_replicated_deduplication_window = 10000"
+_PROVENANCE = (
+    "source LowCardinality(String), source_kind LowCardinality(String), "
+    "source_id String, line UInt64"
+)
+"""Where a row came from: every table of rows carries it, for per-source accounting."""
 
 TABLES: dict[str, str] = {
     "sales": f"""
@@ -31,10 +36,7 @@ TABLES: dict[str, str] = {
             revenue Decimal(18, 2),
             currency LowCardinality(String),
             customer_email String,
-            source LowCardinality(String),
-            source_kind LowCardinality(String),
-            source_id String,
-            line UInt64,
+            {_PROVENANCE},
             seen_at DateTime64(3, 'UTC'),
             ingested_at DateTime64(3, 'UTC'),
             written_at DateTime64(3, 'UTC') DEFAULT now64(3)
@@ -47,10 +49,7 @@ TABLES: dict[str, str] = {
             reasons Array(LowCardinality(String)),
             messages Map(String, String),
             original String,
-            source LowCardinality(String),
-            source_kind LowCardinality(String),
-            source_id String,
-            line UInt64,
+            {_PROVENANCE},
             status LowCardinality(String),
             first_seen DateTime64(3, 'UTC'),
             last_seen DateTime64(3, 'UTC'),
@@ -61,10 +60,7 @@ TABLES: dict[str, str] = {
     "duplicates": f"""
         CREATE TABLE IF NOT EXISTS {{db}}.duplicates (
             order_id String,
-            source LowCardinality(String),
-            source_kind LowCardinality(String),
-            source_id String,
-            line UInt64,
+            {_PROVENANCE},
             duplicate_of_source_id String,
             duplicate_of_line UInt64,
             detected_at DateTime64(3, 'UTC'),

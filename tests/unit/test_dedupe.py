@@ -18,7 +18,7 @@ def sale(order_id: str, fingerprint: str, line: int) -> ValidatedSale:
         fingerprint=fingerprint,
         line=line,
         clean_json=json.dumps({"order_id": order_id, "line": line}),
-        original={"ID": order_id, "Qty": "1"},
+        original_json=json.dumps({"ID": order_id, "Qty": "1"}),
     )
 
 
