@@ -7,6 +7,7 @@ The address is written to `<data_dir>/api.json` for them to find.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from collections.abc import Awaitable, Callable
@@ -17,6 +18,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from tillstream.broker import free_port
+from tillstream.settings import ConfigError
 
 __all__ = ["HttpApi", "api_file", "read_api_url"]
 
@@ -67,7 +69,14 @@ class HttpApi:
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = self._port or free_port()
-        await web.TCPSite(self._runner, self._host, port).start()
+        try:
+            await web.TCPSite(self._runner, self._host, port).start()
+        except OSError as exc:
+            await self._runner.cleanup()
+            reason = "it is in use" if exc.errno == errno.EADDRINUSE else str(exc.strerror)
+            raise ConfigError(
+                f"invalid setting metrics.port: cannot listen on {self._host}:{port}: {reason}"
+            ) from None
         self.url = f"http://{self._host}:{port}"
         self._data_dir.mkdir(parents=True, exist_ok=True)
         api_file(self._data_dir).write_text(

@@ -29,7 +29,7 @@ from sinks.history import IngestionHistory
 from sinks.schema import migrate
 from tillstream import metrics
 from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
-from tillstream.http_api import HttpApi
+from tillstream.http_api import HttpApi, read_api_url
 from tillstream.settings import ConfigError, Settings
 from tillstream.topics import Topics, ensure_topics
 
@@ -100,6 +100,12 @@ class Runtime:
 
     async def _start(self) -> None:
         settings = self.settings
+        running = read_api_url(settings.data_dir)
+        if running is not None:
+            raise ConfigError(
+                f"invalid setting data_dir: {settings.data_dir} is in use by the tillstream "
+                f"serving {running}; stop it or choose another data_dir"
+            )
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         if settings.embedded_broker:
             broker = EmbeddedBroker(log_file=settings.data_dir / "broker.log")
