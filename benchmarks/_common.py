@@ -35,6 +35,7 @@ __all__ = [
     "REPO",
     "WORK_DIR",
     "BenchmarkError",
+    "Done",
     "RssSampler",
     "UpRun",
     "check_clickhouse",
@@ -368,6 +369,16 @@ class RssSampler:
 # --- `tillstream up` --------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Done:
+    """A file's history row once `done`, and when (monotonic) the benchmark saw it."""
+
+    row: dict[str, Any]
+    done_at: float
+    read_at: float | None
+    """When `rows_read` first appeared: the whole file was read and published."""
+
+
 class UpRun:
     """`tillstream up` with product defaults, in a fresh root; files dropped atomically.
 
@@ -424,24 +435,28 @@ class UpRun:
                 return row
         return None
 
-    def wait_done(self, name: str, timeout: float, every: float = 10.0) -> dict[str, Any]:
+    def wait_done(self, name: str, timeout: float, every: float = 10.0) -> Done:
         """Poll the history until `name` is done; progress on stderr every `every` seconds."""
         started = last = time.monotonic()
+        read_at: float | None = None
         while time.monotonic() - started < timeout:
             row = self.status_of(name)
+            now = time.monotonic()
+            if row is not None and row["rows_read"] is not None and read_at is None:
+                read_at = now
             if row is not None and row["status"] == "done":
-                return row
+                return Done(row, now, read_at)
             if row is not None and row["status"] == "failed":
                 raise BenchmarkError(f"{name} failed: {row.get('error')}")
-            if time.monotonic() - last >= every:
-                last = time.monotonic()
+            if now - last >= every:
+                last = now
                 written = self.pipeline.scalar(
                     "SELECT (SELECT count() FROM tillstream.sales)"
                     " + (SELECT count() FROM tillstream.quarantine)"
                     " + (SELECT count() FROM tillstream.duplicates)"
                 )
                 progress(
-                    f"  {name}: {int(written):,} rows in ClickHouse after {last - started:.0f}s"
+                    f"  {name}: {int(written):,} rows in ClickHouse after {now - started:.0f}s"
                 )
             time.sleep(0.1)
         raise BenchmarkError(f"{name} not done after {timeout:.0f}s\n{self.pipeline.log_tail()}")

@@ -49,7 +49,7 @@ def build_app(
         consumer_max_fetch_size=16 * 2**20,
         broker_session_timeout=settings.kafka.session_timeout_seconds,
         broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 3,
-        broker_rebalance_timeout=settings.kafka.session_timeout_seconds,
+        broker_rebalance_timeout=settings.kafka.rebalance_timeout_seconds,
         web_enabled=False,
     )
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")

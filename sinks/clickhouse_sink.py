@@ -63,6 +63,7 @@ class ClickHouseSink:
         database: Database,
         config: SinkConfig,
         session_timeout_seconds: float,
+        rebalance_timeout_seconds: float,
         on_sources_done: Callable[[list[HistoryEntry]], Awaitable[None]] | None = None,
     ) -> None:
         self._tables = {
@@ -81,7 +82,7 @@ class ClickHouseSink:
             fetch_max_bytes=4 * MAX_FETCH_BYTES,
             session_timeout_ms=int(session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(session_timeout_seconds * 1000 / 3),
-            rebalance_timeout_ms=int(session_timeout_seconds * 1000),
+            rebalance_timeout_ms=int(rebalance_timeout_seconds * 1000),
         )
         self._db = database
         self._history = IngestionHistory(database)

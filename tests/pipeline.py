@@ -1,7 +1,7 @@
-"""A `tillstream up` process, run as a user runs it, for integration tests.
+"""`tillstream` processes, run as a user runs them, for integration tests.
 
-The product runs in its own process (chDB allows one data directory per
-process); the test reads results through the process's HTTP API, the same
+The product runs in its own processes (chDB allows one data directory per
+process); the test reads results through the HTTP API of `up`, the same
 route `tillstream status` takes.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -25,23 +26,124 @@ from tillstream.http_api import read_api_url
 
 T = TypeVar("T")
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 class PipelineError(AssertionError):
     pass
 
 
-class Pipeline:
+def wait_for(
+    probe: Callable[[], T | None], timeout: float, what: str, context: Callable[[], str] = str
+) -> T:
+    """Poll `probe` until it returns something truthy; fail with `context()` appended."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise PipelineError(f"timed out after {timeout}s waiting for {what}\n{context()}")
+
+
+class TillstreamProcess:
+    """One `tillstream <command>` process with its own data directory and log."""
+
+    def __init__(
+        self, command: list[str], root: Path, data_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = command[-1]
+        self._command = command
+        self._root = root
+        self.data_dir = data_dir
+        self._env = env or {}
+        self.log_file = root / f"{data_dir.name}.{self.name}.log"
+        self._process: subprocess.Popen[bytes] | None = None
+        self.api_url = ""
+
+    def start(self, timeout: float = 90) -> None:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self._env}
+        with open(self.log_file, "ab") as log:
+            self._process = subprocess.Popen(
+                self._command, stdout=log, stderr=subprocess.STDOUT, cwd=self._root, env=env
+            )
+        self.api_url = wait_for(
+            self._healthy_url, timeout, f"tillstream {self.name} to be healthy", self.log_tail
+        )
+
+    def _healthy_url(self) -> str | None:
+        if self._process is not None and self._process.poll() is not None:
+            raise PipelineError(
+                f"tillstream {self.name} exited with {self._process.returncode}\n{self.log_tail()}"
+            )
+        url = read_api_url(self.data_dir)
+        if url is None:
+            return None
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+                return url if json.load(response)["ok"] else None
+        except (urllib.error.URLError, OSError):
+            return None
+
+    def health(self) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.api_url}/health", timeout=10) as response:
+            health: dict[str, Any] = json.load(response)
+            return health
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of a metric's samples that carry these labels."""
+        with urllib.request.urlopen(f"{self.api_url}/metrics", timeout=10) as response:
+            text = response.read().decode()
+        total = 0.0
+        for line in text.splitlines():
+            match = re.match(rf"^{re.escape(name)}(?:{{(.*)}})? (\S+)$", line)
+            if match and all(
+                f'{key}="{value}"' in (match[1] or "") for key, value in labels.items()
+            ):
+                total += float(match[2])
+        return total
+
+    def stop(self, timeout: float = 60) -> int:
+        """Ctrl-C, as a user would; returns the exit code."""
+        process = self._require_process()
+        process.send_signal(signal.SIGINT)
+        try:
+            return process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            raise PipelineError(
+                f"tillstream {self.name} did not stop within {timeout}s\n{self.log_tail()}"
+            ) from None
+
+    def kill(self) -> None:
+        process = self._require_process()
+        process.kill()
+        process.wait(30)
+
+    def close(self) -> None:
+        if self._process is not None and self._process.poll() is None:
+            self._process.kill()
+            self._process.wait(30)
+
+    def _require_process(self) -> subprocess.Popen[bytes]:
+        if self._process is None:
+            raise PipelineError("not started")
+        return self._process
+
+    def log_tail(self, lines: int = 40) -> str:
+        if not self.log_file.exists():
+            return ""
+        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+
+
+class Pipeline(TillstreamProcess):
+    """`tillstream up` with its own folders, plus extra components on the same broker."""
+
     def __init__(self, root: Path, config: dict[str, Any] | None = None) -> None:
         self.root = root
         self.inbox = root / "inbox"
         self.archive = root / "archive"
         self.failed = root / "failed"
-        self.data_dir = root / "data"
-        self.log_file = root / "tillstream.log"
         settings: dict[str, Any] = {
-            "data_dir": str(self.data_dir),
+            "data_dir": str(root / "data"),
             "watch": {
                 "inbox": str(self.inbox),
                 "archive": str(self.archive),
@@ -60,67 +162,36 @@ class Pipeline:
         self.config_file = root / "tillstream.yaml"
         self.config_file.write_text(yaml.safe_dump(settings), encoding="utf-8")
         self.inbox.mkdir(parents=True, exist_ok=True)
-        self._process: subprocess.Popen[bytes] | None = None
-        self.api_url = ""
+        self._components: list[TillstreamProcess] = []
+        super().__init__(self.command("up"), root, root / "data")
 
     def command(self, *args: str) -> list[str]:
         return [sys.executable, "-m", "tillstream", "--config", str(self.config_file), *args]
 
-    def start(self, timeout: float = 90) -> None:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        with open(self.log_file, "ab") as log:
-            self._process = subprocess.Popen(
-                self.command("up"), stdout=log, stderr=subprocess.STDOUT, cwd=self.root, env=env
-            )
-        self.api_url = self.wait_for(self._healthy_url, timeout, "tillstream up to be healthy")
-
-    def _healthy_url(self) -> str | None:
-        if self._process is not None and self._process.poll() is not None:
-            raise PipelineError(
-                f"tillstream up exited with {self._process.returncode}\n{self.log_tail()}"
-            )
-        url = read_api_url(self.data_dir)
-        if url is None:
-            return None
-        try:
-            with urllib.request.urlopen(f"{url}/health", timeout=5) as response:  # noqa: S310
-                return url if json.load(response)["ok"] else None
-        except (urllib.error.URLError, OSError):
-            return None
-
-    def stop(self, timeout: float = 60) -> int:
-        """Ctrl-C, as a user would; returns the exit code."""
-        process = self._require_process()
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            raise PipelineError(
-                f"tillstream up did not stop within {timeout}s\n{self.log_tail()}"
-            ) from None
-
-    def kill(self) -> None:
-        process = self._require_process()
-        process.kill()
-        process.wait(30)
+    def spawn(self, component: str, name: str, **settings: str) -> TillstreamProcess:
+        """Another component on this pipeline's broker and settings, with its own data
+        directory; `settings` are extra environment overrides (`kafka__group_prefix=...`)."""
+        env = {
+            "TILLSTREAM_KAFKA__BOOTSTRAP_SERVERS": self.health()["kafka"],
+            "TILLSTREAM_DATA_DIR": str(self.root / name),
+            **{f"TILLSTREAM_{key.upper()}": value for key, value in settings.items()},
+        }
+        process = TillstreamProcess(self.command(component), self.root, self.root / name, env)
+        self._components.append(process)
+        process.start()
+        return process
 
     def close(self) -> None:
-        if self._process is not None and self._process.poll() is None:
-            self._process.kill()
-            self._process.wait(30)
-
-    def _require_process(self) -> subprocess.Popen[bytes]:
-        if self._process is None:
-            raise PipelineError("not started")
-        return self._process
+        for component in self._components:
+            component.close()
+        super().close()
 
     def query(self, sql: str) -> list[list[Any]]:
         request = urllib.request.Request(
             f"{self.api_url}/api/query", data=sql.encode(), method="POST"
         )
         try:
-            with urllib.request.urlopen(request, timeout=30) as response:  # noqa: S310
+            with urllib.request.urlopen(request, timeout=30) as response:
                 rows: list[list[Any]] = json.load(response)["rows"]
                 return rows
         except urllib.error.HTTPError as exc:
@@ -132,19 +203,12 @@ class Pipeline:
     def status(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(
             f"{self.api_url}/api/status?limit=1000", timeout=30
-        ) as response:  # noqa: S310
+        ) as response:
             rows: list[dict[str, Any]] = json.load(response)
             return rows
 
     def wait_for(self, probe: Callable[[], T | None], timeout: float, what: str) -> T:
-        """Poll `probe` until it returns something truthy; fail with the log tail."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            value = probe()
-            if value:
-                return value
-            time.sleep(0.1)
-        raise PipelineError(f"timed out after {timeout}s waiting for {what}\n{self.log_tail()}")
+        return wait_for(probe, timeout, what, self.log_tail)
 
     def wait_for_status(self, name: str, status: str, timeout: float = 120) -> dict[str, Any]:
         def probe() -> dict[str, Any] | None:
@@ -154,8 +218,3 @@ class Pipeline:
             return None
 
         return self.wait_for(probe, timeout, f"{name} to be {status}")
-
-    def log_tail(self, lines: int = 40) -> str:
-        if not self.log_file.exists():
-            return ""
-        return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])

@@ -34,19 +34,23 @@ def _configure_logging(level: str) -> None:
 
 def _summary(settings: Settings, runtime: Any) -> str:
     kafka = runtime.bootstrap_servers + (" (embedded)" if settings.embedded_broker else "")
-    watch = settings.watch
+    producers = "on" if runtime.idempotent else "off"
+    components = set(runtime.components)
     lines = [
-        f"tillstream {' + '.join(sorted(runtime.components))} is running",
-        f"  kafka       {kafka}, idempotent producers {'on' if runtime.idempotent else 'off'}",
-        f"  clickhouse  {settings.clickhouse_url}",
-        f"  metrics     {runtime.api_url}/metrics   health: {runtime.api_url}/health",
+        f"tillstream {' + '.join(sorted(components))} is running",
+        f"  kafka       {kafka}, idempotent producers {producers}",
     ]
-    if "watch" in runtime.components:
+    if components & {"watch", "sink"}:
+        lines.append(f"  clickhouse  {settings.clickhouse_url}")
+    lines.append(f"  metrics     {runtime.api_url}/metrics   health: {runtime.api_url}/health")
+    if "watch" in components:
+        watch = settings.watch
         lines += [
             f"  inbox       {watch.inbox.resolve()}",
             f"  archive     {watch.archive.resolve()}   failed: {watch.failed.resolve()}",
+            "Drop files into the inbox; `tillstream status` shows them.",
         ]
-    lines.append("Drop files into the inbox; `tillstream status` shows them. Ctrl-C stops.")
+    lines.append("Ctrl-C stops.")
     return "\n".join(lines)
 
 

@@ -183,6 +183,7 @@ class Runtime:
             database,
             self.settings.sink,
             self.settings.kafka.session_timeout_seconds,
+            self.settings.kafka.rebalance_timeout_seconds,
         )
         self._sink = sink
         task = asyncio.create_task(sink.run(), name="sink")

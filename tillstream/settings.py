@@ -99,6 +99,9 @@ class KafkaConfig(_Frozen):
     session_timeout_seconds: float = Field(6.0, ge=1, le=300)
     """How soon a silent consumer is dropped from its group. The embedded broker
     also waits half of it whenever a group forms, so start-up takes that long."""
+    rebalance_timeout_seconds: float = Field(60.0, ge=1, le=3600)
+    """How long a rebalance waits for members to rejoin; a worker first finishes the
+    chunks it holds, so this is generous."""
     group_prefix: str = "tillstream"
     """Consumer groups and the Faust app id are derived from it."""
 

@@ -1,0 +1,171 @@
+"""Latency of issue 8: a steady trickle of small files, each timed from written to done.
+
+Users dropping a file expect to see it in ClickHouse within seconds, and a
+pipeline tuned only for throughput (big batches, long lingers) fails them. This
+drops a 1,000-row file every half second into a running `tillstream up` and
+times each one from the rename that completes it in the inbox to its history
+row being `done` (every row accounted for in ClickHouse).
+
+Two clocks: `observed` is when this benchmark's 0.1 s poll of the HTTP API saw
+`done` (what a user would see); `history` is the history row's own `finished_at`,
+free of polling delay. The first includes the watcher's `stable_seconds` wait.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks._common import (  # noqa: E402
+    WORK_DIR,
+    BenchmarkError,
+    UpRun,
+    check_history,
+    command_line,
+    machine,
+    markdown_table,
+    percentile,
+    print_table,
+    progress,
+    read_truth,
+    record,
+    sample_file,
+)
+
+TARGETS = {50: 2.0, 99: 5.0}
+"""Percentile -> seconds, from issue 8."""
+
+
+@dataclass
+class _Watch:
+    """Polls the history in the background and notes when each file is first done."""
+
+    up: UpRun
+    done: dict[str, tuple[float, dict[str, Any]]] = field(default_factory=dict)
+    stop: threading.Event = field(default_factory=threading.Event)
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            now = time.monotonic()
+            for row in self.up.pipeline.status():
+                name = Path(row["source_name"]).name
+                if row["status"] == "done" and name not in self.done:
+                    self.done[name] = (now, row)
+                elif row["status"] == "failed":
+                    raise BenchmarkError(f"{name} failed: {row.get('error')}")
+            self.stop.wait(0.1)
+
+
+def _latencies(
+    up: UpRun, files: list[Path], interval: float, timeout: float
+) -> list[tuple[str, float, float]]:
+    """(name, observed seconds, history seconds) per file, in drop order."""
+    staged = [up.stage(path) for path in files]
+    watch = _Watch(up)
+    poller = threading.Thread(target=watch.run, name="history-poll", daemon=True)
+    poller.start()
+    dropped: dict[str, tuple[float, float]] = {}
+    try:
+        start = time.monotonic()
+        for index, path in enumerate(staged):
+            time.sleep(max(0.0, start + index * interval - time.monotonic()))
+            wall = time.time()
+            dropped[path.name] = (up.drop(path), wall)
+            if (index + 1) % 10 == 0:
+                progress(f"dropped {index + 1}/{len(staged)}; {len(watch.done)} done")
+        deadline = time.monotonic() + timeout
+        while len(watch.done) < len(staged) and poller.is_alive():
+            if time.monotonic() > deadline:
+                raise BenchmarkError(
+                    f"only {len(watch.done)}/{len(staged)} files done after {timeout:.0f}s"
+                )
+            time.sleep(0.2)
+    finally:
+        watch.stop.set()
+        poller.join()
+    if len(watch.done) < len(staged):
+        raise BenchmarkError("the history poller stopped early (see the error above)")
+    results = []
+    for path, source in zip(staged, files, strict=True):
+        seen, row = watch.done[path.name]
+        check_history(path.name, row, read_truth(source))
+        moment, wall = dropped[path.name]
+        finished = datetime.fromisoformat(row["finished_at"]).timestamp()
+        results.append((path.name, seen - moment, finished - wall))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--files", type=int, default=40, help="files to drop")
+    parser.add_argument("--rows", type=int, default=1_000, help="rows per file")
+    parser.add_argument("--interval", type=float, default=0.5, help="seconds between drops")
+    parser.add_argument("--seed", type=int, default=1_000, help="seed of the first file")
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait at the end")
+    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    for name, value in machine().items():
+        progress(f"{name}: {value}")
+    files = [
+        sample_file(args.rows, args.seed + i, prefix=f"L{i:04d}", work_dir=args.work_dir)
+        for i in range(args.files)
+    ]
+    root = args.work_dir / "runs" / f"latency-{time.strftime('%Y%m%d-%H%M%S')}"
+    with UpRun(root) as up:
+        results = _latencies(up, files, args.interval, args.timeout)
+
+    headers = ["clock", "files", "p50 s", "p90 s", "p99 s", "max s", "targets"]
+    rows = []
+    for label, column in (("observed (0.1 s poll)", 1), ("history finished_at", 2)):
+        values = [result[column] for result in results]
+        rows.append(
+            [
+                label,
+                str(len(values)),
+                *(f"{percentile(values, q):.2f}" for q in (50, 90, 99)),
+                f"{max(values):.2f}",
+                "p50 <= 2 s, p99 <= 5 s",
+            ]
+        )
+    observed = [result[1] for result in results]
+    verdict = [
+        f"Target p{q} <= {limit:.0f} s: "
+        f"{'met' if percentile(observed, q) <= limit else 'NOT MET'} "
+        f"({percentile(observed, q):.2f} s observed)."
+        for q, limit in TARGETS.items()
+    ]
+    notes = [
+        f"{args.files} files of {args.rows:,} rows, one every {args.interval} s, each with "
+        "its own order ids; every file's history equals its ground truth.",
+        f"With {args.files} files, p99 is interpolated between the two slowest.",
+        "Per file, observed (s): " + ", ".join(f"{value:.2f}" for value in observed) + ".",
+    ]
+    print()
+    print_table(headers, rows)
+    print()
+    for line in verdict + notes:
+        print(line)
+    print(f"\ncommand: {command_line()}")
+    if args.record:
+        record(
+            f"Latency, {args.files} files of {args.rows:,} rows",
+            [markdown_table(headers, rows)],
+            [f"- {line}" for line in verdict + notes],
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,289 @@
+"""Throughput of issue 8: tillstream end to end against a pandas script and naive streaming.
+
+All three run in one invocation, one after the other, on the same messy CSV,
+because this machine is shared: only ratios measured side by side mean much.
+
+- tillstream: `tillstream up` with shipped defaults; the clock runs from the
+  file being complete in the inbox (one rename) until its ingestion history
+  row is `done`, which the product sets only when ClickHouse accounts for every
+  row. The history and ClickHouse are then checked against the ground truth.
+- pandas reference: `reference.py`, with pandas.read_csv (the issue's reference)
+  and with the product's reader, each in its own process; run before and after
+  tillstream, and the faster run is the one compared with.
+- naive streaming: `naive.py` on a sample, extrapolated as a rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from benchmarks import hotpath  # noqa: E402
+from benchmarks._common import (  # noqa: E402
+    WORK_DIR,
+    BenchmarkError,
+    RssSampler,
+    UpRun,
+    check_clickhouse,
+    check_history,
+    command_line,
+    fmt_int,
+    fmt_mb,
+    machine,
+    markdown_table,
+    print_table,
+    progress,
+    read_truth,
+    record,
+    sample_file,
+)
+from tillstream.sample_data import GroundTruth  # noqa: E402
+
+TARGET_ROWS_PER_SECOND = 100_000
+TARGET_SHARE_OF_PANDAS = 0.5
+PROFILE_RATE = 100
+
+
+@dataclass(frozen=True)
+class Measured:
+    name: str
+    rows: int
+    seconds: float
+    note: str = ""
+
+    @property
+    def rate(self) -> float:
+        return self.rows / self.seconds
+
+
+@dataclass(frozen=True)
+class EndToEnd:
+    result: Measured
+    read_seconds: float
+    """Drop until the history shows every row read and published to `sales.raw`."""
+    product_seconds: float
+    """The history's own started_at -> finished_at: no watcher wait, no polling."""
+    peak_rss: int
+    high_water: dict[int, tuple[str, int]]
+    profile: Path | None
+
+
+def _run_json(script: str, *args: str) -> dict[str, Any]:
+    """Run a benchmark script in its own process; its last stdout line is its JSON result."""
+    command = [sys.executable, str(REPO / "benchmarks" / script), *args]
+    done = subprocess.run(command, cwd=REPO, stdout=subprocess.PIPE, text=True, check=False)
+    if done.returncode != 0:
+        raise BenchmarkError(f"{script} exited with {done.returncode}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def _reference(path: Path, truth: GroundTruth, reader: str) -> dict[str, Any]:
+    progress(f"pandas reference ({reader} reader) on {path.name}")
+    result = _run_json("reference.py", str(path), "--reader", reader)
+    want = {
+        "valid": truth.valid,
+        "revenue": truth.revenue,
+        "units": truth.units,
+        "rejected": truth.rejected,
+        "duplicates": truth.duplicates,
+    }
+    got = result["outcome"]
+    wrong = {k: (got[k], v) for k, v in want.items() if got[k] != v}
+    if wrong or result["rows"] != truth.rows:
+        raise BenchmarkError(f"reference ({reader}) differs from ground truth: {wrong}")
+    progress(
+        f"  {result['rows']:,} rows in {result['seconds']:.1f}s "
+        f"({result['rows'] / result['seconds']:,.0f} rows/s)"
+    )
+    return result
+
+
+def _naive(path: Path, rows: int) -> dict[str, Any]:
+    progress(f"naive streaming on a sample of {rows:,} rows")
+    result = _run_json("naive.py", str(path), "--rows", str(rows))
+    if result["clean"] + result["rejected"] != result["rows"]:
+        raise BenchmarkError(f"naive streaming lost rows: {result}")
+    progress(f"  {rows:,} events in {result['seconds']:.1f}s")
+    return result
+
+
+def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
+    spy = REPO / ".venv" / "bin" / "py-spy"
+    command = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--output", str(output)]
+    command += ["--rate", str(PROFILE_RATE), "--threads", "--nolineno"]
+    progress(f"profiling pid {pid} into {output}")
+    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def _stop_profiler(spy: subprocess.Popen[bytes]) -> None:
+    """py-spy writes its file on SIGINT."""
+    spy.send_signal(signal.SIGINT)
+    try:
+        _, errors = spy.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
+        raise BenchmarkError("py-spy did not stop") from None
+    if spy.returncode not in (0, -signal.SIGINT):
+        raise BenchmarkError(f"py-spy failed: {errors.decode(errors='replace')}")
+
+
+def _end_to_end(
+    path: Path, truth: GroundTruth, root: Path, timeout: float, profile: bool
+) -> EndToEnd:
+    with UpRun(root) as up:
+        staged = up.stage(path)
+        sampler = RssSampler(up.pid).start()
+        output = root / "profile.txt" if profile else None
+        spy = _start_profiler(up.pid, output) if output is not None else None
+        try:
+            progress(f"dropping {path.name} ({path.stat().st_size / 2**20:.0f} MiB) into the inbox")
+            dropped = up.drop(staged)
+            done = up.wait_done(staged.name, timeout)
+        finally:
+            if spy is not None:
+                _stop_profiler(spy)
+            sampler.stop()
+        seconds = done.done_at - dropped
+        row = done.row
+        progress(f"  done after {seconds:.1f}s; checking against the ground truth")
+        check_history(staged.name, row, truth)
+        check_clickhouse(up.pipeline, row["source_id"], truth)
+    started = datetime.fromisoformat(row["started_at"])
+    finished = datetime.fromisoformat(row["finished_at"])
+    return EndToEnd(
+        result=Measured("tillstream up, end to end", truth.rows, seconds),
+        read_seconds=(done.read_at or done.done_at) - dropped,
+        product_seconds=(finished - started).total_seconds(),
+        peak_rss=sampler.peak,
+        high_water=sampler.high_water,
+        profile=output,
+    )
+
+
+def _ratio(value: float, reference: float) -> str:
+    return f"{value / reference:.3f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the messy CSV")
+    parser.add_argument("--seed", type=int, default=8, help="generator seed")
+    parser.add_argument(
+        "--naive-rows", type=int, default=5_000, help="sample size of the naive baseline"
+    )
+    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for done")
+    parser.add_argument("--profile", action="store_true", help="py-spy the up process")
+    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    args = parser.parse_args(argv)
+
+    for name, value in machine().items():
+        progress(f"{name}: {value}")
+    path = sample_file(args.rows, args.seed, work_dir=args.work_dir)
+    truth = read_truth(path)
+    root = args.work_dir / "runs" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}"
+
+    before = _reference(path, truth, "pandas")
+    own_reader = _reference(path, truth, "tillstream")
+    naive = _naive(path, min(args.naive_rows, args.rows))
+    e2e = _end_to_end(path, truth, root, args.timeout, args.profile)
+    after = _reference(path, truth, "pandas")
+
+    pandas = min((before, after), key=lambda r: r["seconds"])
+    reference = Measured(
+        "pandas reference (read_csv -> clean_rows -> chDB)",
+        pandas["rows"],
+        pandas["seconds"],
+        f"best of 2: {before['seconds']:.1f}s before, {after['seconds']:.1f}s after",
+    )
+    reader = Measured(
+        "pandas reference with the product's reader (read_chunks)",
+        own_reader["rows"],
+        own_reader["seconds"],
+    )
+    sample = Measured(
+        f"naive streaming, 1 row/message (sample of {naive['rows']:,}, extrapolated)",
+        naive["rows"],
+        naive["seconds"],
+        f"{naive['cleaning_seconds'] / naive['seconds']:.0%} of it in the 1-row clean_rows",
+    )
+    headers = ["pipeline", "rows", "seconds", "rows/s", "vs pandas", "note"]
+    rows = [
+        [
+            m.name,
+            fmt_int(m.rows),
+            f"{m.seconds:.1f}",
+            fmt_int(m.rate),
+            _ratio(m.rate, reference.rate),
+            m.note,
+        ]
+        for m in (e2e.result, reference, reader, sample)
+    ]
+    meets_rate = e2e.result.rate >= TARGET_ROWS_PER_SECOND
+    meets_share = e2e.result.rate >= TARGET_SHARE_OF_PANDAS * reference.rate
+    verdict = [
+        f"Target >= {fmt_int(TARGET_ROWS_PER_SECOND)} rows/s end to end: "
+        f"{'met' if meets_rate else 'NOT MET'} ({fmt_int(e2e.result.rate)} rows/s).",
+        f"Target >= {TARGET_SHARE_OF_PANDAS:.0%} of the pandas reference: "
+        f"{'met' if meets_share else 'NOT MET'} ({e2e.result.rate / reference.rate:.1%}).",
+        f"tillstream vs naive streaming: {e2e.result.rate / sample.rate:.1f}x.",
+    ]
+    details = [
+        f"tillstream: all rows read and published to sales.raw after {e2e.read_seconds:.1f}s; "
+        f"the history's own started -> finished: {e2e.product_seconds:.1f}s.",
+        f"tillstream peak RSS (up + broker, sampled every 0.5 s): {fmt_mb(e2e.peak_rss)}; "
+        "per process peak (VmHWM): "
+        + ", ".join(f"{name} {fmt_mb(peak)}" for name, peak in e2e.high_water.values())
+        + ".",
+        "pandas reference phases (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in pandas["phases"].items())
+        + "; with the product's reader: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in own_reader["phases"].items())
+        + ".",
+        f"naive streaming: {naive['startup_seconds']:.1f}s from app start to the first event.",
+        "Counts of tillstream and of both references equal the generator's ground truth.",
+    ]
+    if args.profile:
+        details.append("tillstream ran under py-spy (100 samples/s), which slows it slightly.")
+
+    print()
+    print_table(headers, rows)
+    print()
+    for line in verdict + details:
+        print(line)
+    print(f"\ncommand: {command_line()}")
+    summary = ""
+    if e2e.profile is not None:
+        profile = hotpath.read_profile(e2e.profile)
+        for title, table_headers, table_rows in profile.tables(
+            15, e2e.result.seconds, PROFILE_RATE
+        ):
+            print(f"\nprofile, {title}")
+            print_table(table_headers, table_rows)
+        summary = hotpath.markdown(profile, 15, e2e.result.seconds, PROFILE_RATE)
+        print(f"\nraw profile: {e2e.profile}")
+    if args.record:
+        tables = [markdown_table(headers, rows)]
+        notes = [f"- {line}" for line in verdict + details]
+        if summary:
+            notes += ["", f"Raw profile: `{e2e.profile}`.", "", summary]
+        record(f"Throughput, {fmt_int(args.rows)} rows", tables, notes)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
