@@ -14,14 +14,14 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
 __all__ = ["Message", "KafkaPublisher", "partition_for"]
 
 MAX_MESSAGE_BYTES = 8 * 2**20
-RETRIES = 8
+MAX_RETRY_SECONDS = 5.0
 
 log = logging.getLogger(__name__)
 Header = tuple[str, bytes]
@@ -72,22 +72,22 @@ class KafkaPublisher:
     ) -> int:
         """Send every message; return how many, once all are acknowledged.
 
-        A retriable broker error (leader moving, broker busy) sends the whole group
-        again after a backoff: consumers downstream take duplicates in their stride,
-        a lost message they could not notice.
+        While the broker is unreachable or busy this keeps trying, with capped
+        backoff: the caller waits, which is the backpressure, and nothing it was
+        asked to send is dropped. A group is sent again whole, so a retry can
+        duplicate messages; every consumer downstream takes that in its stride.
         """
         group = list(messages)
         delay = 0.1
-        for _attempt in range(RETRIES):
+        while True:
             try:
                 return await self._publish_once(topic, group, headers)
             except KafkaError as exc:
-                if not exc.retriable:
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                     raise
                 log.warning("publishing to %s failed (%s); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-        return await self._publish_once(topic, group, headers)
+                delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def _publish_once(
         self, topic: str, messages: list[Message], headers: Sequence[Header]

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import OffsetAndMetadata
 
 from sinks.database import Database, is_retryable
@@ -133,11 +134,29 @@ class ClickHouseSink:
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
-        await self._consumer.commit(
-            {tp: OffsetAndMetadata(offset, "") for tp, offset in batch.next_offsets.items()}
-        )
+        await self._commit(batch.next_offsets)
         await self._reconcile()
         await self._record_lag()
+
+    async def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
+        """Commit what was written. A lost rebalance means the rows come again (and
+        replace themselves); an unreachable broker is waited out."""
+        delay = 0.1
+        while True:
+            try:
+                await self._consumer.commit(
+                    {tp: OffsetAndMetadata(offset, "") for tp, offset in next_offsets.items()}
+                )
+                return
+            except CommitFailedError as exc:
+                log.warning("offsets not committed (%s); the batch will be delivered again", exc)
+                return
+            except KafkaError as exc:
+                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                    raise
+                log.warning("committing offsets failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self._config.retry_max_seconds)
 
     async def _write_with_retry(self, table: str, values: list[bytes]) -> None:
         """Retry connection trouble forever with capped, jittered backoff: that is the
