@@ -194,7 +194,15 @@ class ClickHouseSink:
             await self._write_isolating(table, values[middle:])
 
     async def _reconcile(self) -> None:
-        done = await self._history.reconcile()
+        """Mark finished sources done; while ClickHouse is away, try again next time."""
+        try:
+            done = await self._history.reconcile()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            metrics.SINK_ERRORS.labels("connection").inc()
+            log.warning("ingestion history not updated (%s); will retry", exc)
+            return
         now = time.time()
         for entry in done:
             metrics.END_TO_END_SECONDS.observe(max(0.0, now - entry.seen_at.timestamp()))

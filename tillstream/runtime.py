@@ -17,6 +17,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+import faust
+
 from processors.app import build_app
 from processors.state import restore_changelog
 from producers.file_ingest import FileIngestor
@@ -77,8 +79,8 @@ class Runtime:
         self.idempotent = False
         self.ready = asyncio.Event()
         self._stack = _Stack()
-        self._tasks: list[asyncio.Task[Any]] = []
-        self._sink: ClickHouseSink | None = None
+        self._tasks: dict[Component, asyncio.Task[Any]] = {}
+        self._app: faust.App | None = None
         self._database: Database | None = None
         self._history: IngestionHistory | None = None
 
@@ -89,12 +91,11 @@ class Runtime:
             self.ready.set()
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
-                [stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+                [stopper, *self._tasks.values()], return_when=asyncio.FIRST_COMPLETED
             )
             stopper.cancel()
-            for task in done:
-                if task is not stopper and task.exception() is not None:
-                    raise task.exception()  # type: ignore[misc]
+            for task in done - {stopper}:
+                task.result()
         finally:
             await self._stop()
 
@@ -152,6 +153,7 @@ class Runtime:
             await app.start()
             metrics.COMPONENT_UP.labels("worker").set(1)
             self._stack.stops.append(app.stop)
+            self._app = app
         if Component.WATCH in self.components:
             await self._start_watcher(publisher)
 
@@ -185,9 +187,8 @@ class Runtime:
             self.settings.kafka.session_timeout_seconds,
             self.settings.kafka.rebalance_timeout_seconds,
         )
-        self._sink = sink
         task = asyncio.create_task(sink.run(), name="sink")
-        self._tasks.append(task)
+        self._tasks[Component.SINK] = task
 
         async def stop_sink() -> None:
             sink.stop()
@@ -226,7 +227,7 @@ class Runtime:
                 metrics.COMPONENT_UP.labels("watcher").set(0)
 
         task = asyncio.create_task(watch(), name="watcher")
-        self._tasks.append(task)
+        self._tasks[Component.WATCH] = task
 
         async def stop_watcher() -> None:
             for running in [task, *ingests]:
@@ -249,8 +250,14 @@ class Runtime:
         assert self._database is not None  # noqa: S101 - only registered with a database
         return await self._database.read_only_query(sql)
 
+    def _running(self, component: Component) -> bool:
+        if component is Component.WORKER:
+            return self._app is not None and not (self._app.crashed or self._app.should_stop)
+        task = self._tasks.get(component)
+        return task is not None and not task.done()
+
     async def _health(self) -> dict[str, Any]:
-        components = {str(c): not any(t.done() for t in self._tasks) for c in self.components}
+        components = {str(c): self._running(c) for c in sorted(self.components)}
         return {
             "ok": all(components.values()),
             "components": components,
