@@ -60,7 +60,7 @@ class ClickHouseQuery(cogvariants.Dataquery):
 
     def __init__(self, ref_id: str, sql: str, kind: Literal["timeseries", "table"]) -> None:
         self.ref_id = ref_id
-        self.sql = textwrap.dedent(sql).strip()
+        self.sql = sql
         self.kind = kind
 
     def to_json(self) -> dict[str, object]:
@@ -76,10 +76,20 @@ class ClickHouseQuery(cogvariants.Dataquery):
 
 
 class SQL(cogbuilder.Builder[cogvariants.Dataquery]):
+    """`{name}` in the (dedented) text is replaced by the part of that name, so shared
+    clauses keep their indentation in the JSON people read."""
+
     def __init__(
-        self, sql: str, kind: Literal["timeseries", "table"] = "table", ref_id: str = "A"
+        self,
+        sql: str,
+        kind: Literal["timeseries", "table"] = "table",
+        ref_id: str = "A",
+        **parts: str,
     ) -> None:
-        self._query = ClickHouseQuery(ref_id, sql, kind)
+        text = textwrap.dedent(sql).strip()
+        for name, part in parts.items():
+            text = text.replace("{" + name + "}", part)
+        self._query = ClickHouseQuery(ref_id, text, kind)
 
     def build(self) -> cogvariants.Dataquery:
         return self._query
@@ -96,9 +106,7 @@ def promql(expr: str, legend: str, ref_id: str) -> prometheus.Dataquery:
     )
 
 
-PanelBuilder = (
-    timeseries.Panel | barchart.Panel | piechart.Panel | stat.Panel | table.Panel
-)
+PanelBuilder = timeseries.Panel | barchart.Panel | piechart.Panel | stat.Panel | table.Panel
 
 
 def _place(panel: PanelBuilder, title: str, description: str, width: int, height: int) -> None:
@@ -140,7 +148,7 @@ def ts_panel(
 def bar_panel(
     title: str,
     description: str,
-    sql: str,
+    query: SQL,
     x_field: str,
     *,
     unit: str = "short",
@@ -150,7 +158,7 @@ def bar_panel(
     panel = (
         barchart.Panel()
         .datasource(CLICKHOUSE)
-        .with_target(SQL(sql))
+        .with_target(query)
         .x_field(x_field)
         .orientation(common_models.VizOrientation.HORIZONTAL)
         .show_value(common_models.VisibilityMode.AUTO)
@@ -161,12 +169,12 @@ def bar_panel(
 
 
 def pie_panel(
-    title: str, description: str, sql: str, *, unit: str = "short", width: int = 12
+    title: str, description: str, query: SQL, *, unit: str = "short", width: int = 12
 ) -> piechart.Panel:
     panel = (
         piechart.Panel()
         .datasource(CLICKHOUSE)
-        .with_target(SQL(sql))
+        .with_target(query)
         .pie_type(piechart_models.PieChartType.DONUT)
         .reduce_options(common.ReduceDataOptions().values(True).calcs(["lastNotNull"]))
         .legend(
@@ -208,9 +216,9 @@ def stat_panel(
 
 
 def table_panel(
-    title: str, description: str, sql: str, *, width: int = WIDE, height: int = 10
+    title: str, description: str, query: SQL, *, width: int = WIDE, height: int = 10
 ) -> table.Panel:
-    panel = table.Panel().datasource(CLICKHOUSE).with_target(SQL(sql)).filterable(True)
+    panel = table.Panel().datasource(CLICKHOUSE).with_target(query).filterable(True)
     _place(panel, title, description, width, height)
     return panel
 
@@ -263,16 +271,15 @@ def _dashboard(uid: str, title: str, description: str, time_from: str) -> dashbo
 
 # ---------------------------------------------------------------------------- sales overview
 
-SALES_FILTER = """\
-$__timeFilter(sold_at)
-      AND region IN (${region:singlequote})
-      AND category IN (${category:singlequote})
-      AND product IN (${product:singlequote})"""
-SALES = "${database}.sales FINAL"
+SALES_WHERE = """\
+FROM ${database}.sales FINAL
+WHERE $__timeFilter(sold_at)
+  AND region IN (${region:singlequote})
+  AND category IN (${category:singlequote})
+  AND product IN (${product:singlequote})"""
 
 
 def sales_overview() -> dashboard.Dashboard:
-    where = f"FROM {SALES}\n    WHERE {SALES_FILTER}"
     board = _dashboard(
         "tillstream-sales-overview",
         "tillstream / Sales overview",
@@ -306,26 +313,26 @@ def sales_overview() -> dashboard.Dashboard:
         stat_panel(
             "Revenue",
             "Sum of revenue (quantity x unit price x (1 - discount)) in the time range.",
-            SQL(f"SELECT sum(revenue) AS revenue\n    {where}"),
+            SQL("SELECT sum(revenue) AS revenue\n{where}", where=SALES_WHERE),
             unit="currencyUSD",
         )
     ).with_panel(
         stat_panel(
             "Orders",
             "Distinct orders sold in the time range.",
-            SQL(f"SELECT count() AS orders\n    {where}"),
+            SQL("SELECT count() AS orders\n{where}", where=SALES_WHERE),
         )
     ).with_panel(
         stat_panel(
             "Units sold",
             "Sum of quantities.",
-            SQL(f"SELECT sum(quantity) AS units\n    {where}"),
+            SQL("SELECT sum(quantity) AS units\n{where}", where=SALES_WHERE),
         )
     ).with_panel(
         stat_panel(
             "Average discount",
             "Mean discount over the orders in the time range.",
-            SQL(f"SELECT avg(discount) AS average_discount\n    {where}"),
+            SQL("SELECT avg(discount) AS average_discount\n{where}", where=SALES_WHERE),
             unit="percentunit",
             decimals=1,
         )
@@ -336,7 +343,7 @@ def sales_overview() -> dashboard.Dashboard:
             "Revenue per time bucket; the bucket grows with the time range (at least a day).",
             [
                 SQL(
-                    f"""
+                    """
                     SELECT
                         toStartOfInterval(sold_at, INTERVAL $__interval_s second) AS time,
                         sum(revenue) AS revenue
@@ -344,6 +351,7 @@ def sales_overview() -> dashboard.Dashboard:
                     GROUP BY time
                     ORDER BY time""",
                     "timeseries",
+                    where=SALES_WHERE,
                 )
             ],
             datasource=CLICKHOUSE,
@@ -356,12 +364,15 @@ def sales_overview() -> dashboard.Dashboard:
         bar_panel(
             "Top products by revenue",
             "The ten products with the most revenue in the time range.",
-            f"""
-            SELECT product, sum(revenue) AS revenue
-            {where}
-            GROUP BY product
-            ORDER BY revenue DESC
-            LIMIT 10""",
+            SQL(
+                """
+                SELECT product, sum(revenue) AS revenue
+                {where}
+                GROUP BY product
+                ORDER BY revenue DESC
+                LIMIT 10""",
+                where=SALES_WHERE,
+            ),
             "product",
             unit="currencyUSD",
         )
@@ -369,11 +380,14 @@ def sales_overview() -> dashboard.Dashboard:
         pie_panel(
             "Revenue share by region",
             "Each region's part of the revenue in the time range.",
-            f"""
-            SELECT region, sum(revenue) AS revenue
-            {where}
-            GROUP BY region
-            ORDER BY revenue DESC""",
+            SQL(
+                """
+                SELECT region, sum(revenue) AS revenue
+                {where}
+                GROUP BY region
+                ORDER BY revenue DESC""",
+                where=SALES_WHERE,
+            ),
             unit="currencyUSD",
         )
     )
@@ -382,15 +396,18 @@ def sales_overview() -> dashboard.Dashboard:
             "Discounts by category",
             "Mean discount per order, and the effective discount: the share of list value "
             "(quantity x unit price) not charged.",
-            f"""
-            SELECT
-                category,
-                toFloat64(avg(discount)) AS average_discount,
-                1 - toFloat64(sum(revenue)) / toFloat64(sum(quantity * unit_price))
-                    AS effective_discount
-            {where}
-            GROUP BY category
-            ORDER BY effective_discount DESC""",
+            SQL(
+                """
+                SELECT
+                    category,
+                    toFloat64(avg(discount)) AS average_discount,
+                    1 - toFloat64(sum(revenue)) / toFloat64(sum(quantity * unit_price))
+                        AS effective_discount
+                {where}
+                GROUP BY category
+                ORDER BY effective_discount DESC""",
+                where=SALES_WHERE,
+            ),
             "category",
             unit="percentunit",
         )
@@ -398,17 +415,20 @@ def sales_overview() -> dashboard.Dashboard:
         table_panel(
             "Monthly summary",
             "Orders, units, revenue and discounts per calendar month (UTC).",
-            f"""
-            SELECT
-                toStartOfMonth(sold_at) AS month,
-                count() AS orders,
-                sum(quantity) AS units,
-                sum(revenue) AS revenue,
-                round(toFloat64(avg(revenue)), 2) AS average_order_value,
-                round(toFloat64(avg(discount)), 4) AS average_discount
-            {where}
-            GROUP BY month
-            ORDER BY month DESC""",
+            SQL(
+                """
+                SELECT
+                    toStartOfMonth(sold_at) AS month,
+                    count() AS orders,
+                    sum(quantity) AS units,
+                    sum(revenue) AS revenue,
+                    round(toFloat64(avg(revenue)), 2) AS average_order_value,
+                    round(toFloat64(avg(discount)), 4) AS average_discount
+                {where}
+                GROUP BY month
+                ORDER BY month DESC""",
+                where=SALES_WHERE,
+            ),
             width=12,
             height=8,
         )
@@ -418,7 +438,10 @@ def sales_overview() -> dashboard.Dashboard:
 
 # ------------------------------------------------------------------------------ data quality
 
-QUARANTINE_FILTER = "$__timeFilter(first_seen)\n      AND hasAny(reasons, [${reason:singlequote}])"
+QUARANTINE_WHERE = """\
+FROM ${database}.quarantine FINAL
+WHERE $__timeFilter(first_seen)
+  AND hasAny(reasons, [${reason:singlequote}])"""
 
 
 def data_quality() -> dashboard.Dashboard:
@@ -444,13 +467,13 @@ def data_quality() -> dashboard.Dashboard:
         stat_panel(
             "Valid rows",
             "Clean sales ingested in the time range.",
-            SQL(f"{valid.replace('count()', 'count() AS valid', 1)}"),
+            SQL(valid.replace("count()", "count() AS valid", 1)),
         )
     ).with_panel(
         stat_panel(
             "Rejected rows",
             "Rows quarantined in the time range, whatever the reason.",
-            SQL(f"{rejected.replace('count()', 'count() AS rejected', 1)}"),
+            SQL(rejected.replace("count()", "count() AS rejected", 1)),
         )
     ).with_panel(
         stat_panel(
@@ -466,10 +489,12 @@ def data_quality() -> dashboard.Dashboard:
             "Reject rate",
             "Rejected / (valid + rejected) in the time range.",
             SQL(
-                f"""
+                """
                 SELECT rejected / greatest(valid + rejected, 1) AS reject_rate
-                FROM ({valid.replace("count()", "count() AS valid", 1)}) AS v
-                CROSS JOIN ({rejected.replace("count()", "count() AS rejected", 1)}) AS r"""
+                FROM ({valid}) AS v
+                CROSS JOIN ({rejected}) AS r""",
+                valid=valid.replace("count()", "count() AS valid", 1),
+                rejected=rejected.replace("count()", "count() AS rejected", 1),
             ),
             unit="percentunit",
             decimals=2,
@@ -512,14 +537,16 @@ def data_quality() -> dashboard.Dashboard:
         bar_panel(
             "Rejects by reason",
             "Quarantined rows per reason code (a row with two reasons counts in both).",
-            f"""
-            SELECT reason, count() AS rows
-            FROM ${{database}}.quarantine FINAL
-            ARRAY JOIN reasons AS reason
-            WHERE {QUARANTINE_FILTER}
-              AND reason IN (${{reason:singlequote}})
-            GROUP BY reason
-            ORDER BY rows DESC""",
+            SQL(
+                """
+                SELECT reason, count() AS rows
+                FROM ${database}.quarantine FINAL
+                ARRAY JOIN reasons AS reason
+                WHERE $__timeFilter(first_seen)
+                  AND reason IN (${reason:singlequote})
+                GROUP BY reason
+                ORDER BY rows DESC"""
+            ),
             "reason",
             width=8,
         )
@@ -530,42 +557,46 @@ def data_quality() -> dashboard.Dashboard:
             "One row per source (a file's content, or an API poll): what was read and "
             "what became of it. `seconds` runs from the source being seen to its last "
             "row being visible in ClickHouse.",
-            """
-            SELECT
-                started_at,
-                source_kind,
-                source_name,
-                status,
-                rows_read,
-                valid,
-                rejected,
-                duplicates,
-                toString(rejected_by_reason) AS rejected_by_reason,
-                round(dateDiff('millisecond', seen_at, finished_at) / 1000, 3) AS seconds,
-                error
-            FROM ${database}.ingestion_history FINAL
-            WHERE $__timeFilter(started_at)
-            ORDER BY started_at DESC
-            LIMIT 500""",
+            SQL(
+                """
+                SELECT
+                    started_at,
+                    source_kind,
+                    source_name,
+                    status,
+                    rows_read,
+                    valid,
+                    rejected,
+                    duplicates,
+                    toString(rejected_by_reason) AS rejected_by_reason,
+                    round(dateDiff('millisecond', seen_at, finished_at) / 1000, 3) AS seconds,
+                    error
+                FROM ${database}.ingestion_history FINAL
+                WHERE $__timeFilter(started_at)
+                ORDER BY started_at DESC
+                LIMIT 500"""
+            ),
         )
     )
     board.with_panel(
         table_panel(
             "Quarantine browser",
             "The latest rejected rows as received, with their reason codes and messages.",
-            f"""
-            SELECT
-                first_seen,
-                arrayStringConcat(reasons, ', ') AS reasons,
-                toString(messages) AS messages,
-                original,
-                source,
-                line,
-                status
-            FROM ${{database}}.quarantine FINAL
-            WHERE {QUARANTINE_FILTER}
-            ORDER BY first_seen DESC, source, line
-            LIMIT 1000""",
+            SQL(
+                """
+                SELECT
+                    first_seen,
+                    arrayStringConcat(reasons, ', ') AS reasons,
+                    toString(messages) AS messages,
+                    original,
+                    source,
+                    line,
+                    status
+                {where}
+                ORDER BY first_seen DESC, source, line
+                LIMIT 1000""",
+                where=QUARANTINE_WHERE,
+            ),
             height=12,
         )
     )
@@ -592,17 +623,19 @@ def data_quality() -> dashboard.Dashboard:
         table_panel(
             "Duplicates by source",
             "Which sources re-delivered orders, and how many.",
-            """
-            SELECT
-                source,
-                count() AS duplicate_rows,
-                uniqExact(order_id) AS orders,
-                max(detected_at) AS last_detected
-            FROM ${database}.duplicates FINAL
-            WHERE $__timeFilter(detected_at)
-            GROUP BY source
-            ORDER BY duplicate_rows DESC
-            LIMIT 100""",
+            SQL(
+                """
+                SELECT
+                    source,
+                    count() AS duplicate_rows,
+                    uniqExact(order_id) AS orders,
+                    max(detected_at) AS last_detected
+                FROM ${database}.duplicates FINAL
+                WHERE $__timeFilter(detected_at)
+                GROUP BY source
+                ORDER BY duplicate_rows DESC
+                LIMIT 100"""
+            ),
             width=12,
             height=8,
         )
@@ -635,9 +668,7 @@ def pipeline_health() -> dashboard.Dashboard:
         stat_panel(
             "Dependencies reachable",
             "1 while Kafka / ClickHouse answer the components' probes.",
-            promql(
-                "min by (dependency) (tillstream_runtime_dependency_up)", "{{dependency}}", "A"
-            ),
+            promql("min by (dependency) (tillstream_runtime_dependency_up)", "{{dependency}}", "A"),
             datasource=PROMETHEUS,
             width=12,
         )

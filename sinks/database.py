@@ -88,11 +88,13 @@ class Database:
 
         return await self.run(query)
 
-    async def read_only_query(self, sql: str) -> dict[str, Any]:
+    async def read_only_query(
+        self, sql: str, parameters: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         """Column names and rows of a query that may not change anything."""
 
         def query(client: Client) -> dict[str, Any]:
-            result = client.query(sql, settings={"readonly": 1})
+            result = client.query(sql, parameters=parameters, settings={"readonly": 1})
             return {"columns": list(result.column_names), "rows": result.result_rows}
 
         return await self.run(query)

@@ -8,15 +8,18 @@ import json
 import logging
 import signal
 import sys
-import urllib.request
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sinks.quarantine import QuarantineFilter, list_letters, show_letter, stats
+from tillstream.records import ReasonCode
+from tillstream.results import ResultError, ResultReader
 from tillstream.settings import ConfigError, Settings, load_settings
 
 __all__ = ["main"]
 
-log = logging.getLogger("tillstream")
 
 QUIET_LOGGERS = ("faust", "mode", "aiokafka", "kafka", "aiohttp", "watchdog")
 
@@ -99,56 +102,117 @@ def _command_generate(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _history_rows(settings: Settings, limit: int) -> list[dict[str, Any]]:
-    from tillstream.http_api import read_api_url
-
-    url = read_api_url(settings.data_dir)
-    if url is not None:
-        try:
-            with urllib.request.urlopen(f"{url}/api/status?limit={limit}", timeout=10) as response:  # noqa: S310 - our own loopback API
-                rows: list[dict[str, Any]] = json.load(response)
-                return rows
-        except OSError:
-            log.warning("no answer from %s; reading the database directly", url)
-    from sinks.database import Database
-    from sinks.history import IngestionHistory
-    from sinks.schema import migrate
-
-    database = Database(settings.clickhouse_url, settings.clickhouse)
-    try:
-        await migrate(database)
-        return [entry.to_json() for entry in await IngestionHistory(database).recent(limit)]
-    finally:
-        await database.close()
-
-
-def _command_status(settings: Settings, args: argparse.Namespace) -> int:
-    rows = asyncio.run(_history_rows(settings, args.limit))
-    if args.json:
-        print(json.dumps(rows, indent=2))
-        return 0
-    if not rows:
-        print("no files ingested yet")
-        return 0
-    header = ("status", "read", "valid", "rejected", "dups", "started", "name")
-    table = [
-        (
-            row["status"],
-            "" if row["rows_read"] is None else str(row["rows_read"]),
-            str(row["valid"]),
-            str(row["rejected"]),
-            str(row["duplicates"]),
-            row["started_at"][:19].replace("T", " "),
-            Path(row["source_name"]).name + (f"  ({row['error']})" if row["error"] else ""),
-        )
-        for row in rows
-    ]
-    widths = [max(len(line[i]) for line in [header, *table]) for i in range(len(header))]
-    for line in [header, *table]:
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    cells = [[str(value) for value in row] for row in rows]
+    widths = [max(len(line[i]) for line in [list(header), *cells]) for i in range(len(header))]
+    for line in [list(header), *cells]:
         print(
             "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip()
         )
+
+
+def _print_json(value: Any) -> None:
+    print(json.dumps(value, indent=2, default=str, ensure_ascii=False))
+
+
+def _command_status(settings: Settings, args: argparse.Namespace) -> int:
+    async def read() -> list[dict[str, Any]]:
+        async with ResultReader(settings) as reader:
+            return await reader.status(args.limit)
+
+    rows = asyncio.run(read())
+    if args.json:
+        _print_json(rows)
+    elif not rows:
+        print("no files ingested yet")
+    else:
+        _print_table(
+            ("status", "read", "valid", "rejected", "dups", "started", "name"),
+            [
+                (
+                    row["status"],
+                    "" if row["rows_read"] is None else row["rows_read"],
+                    row["valid"],
+                    row["rejected"],
+                    row["duplicates"],
+                    str(row["started_at"])[:19].replace("T", " "),
+                    Path(row["source_name"]).name + (f"  ({row['error']})" if row["error"] else ""),
+                )
+                for row in rows
+            ],
+        )
     return 0
+
+
+def _quarantine_filter(args: argparse.Namespace) -> QuarantineFilter:
+    return QuarantineFilter(
+        reason=args.reason,
+        source=args.source,
+        status=args.status,
+        since=args.since,
+        until=args.until,
+    )
+
+
+def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    async def read() -> Any:
+        async with ResultReader(settings) as reader:
+            database = reader.database_name
+            if args.action == "show":
+                return await show_letter(reader.query, database, args.id)
+            if args.action == "stats":
+                return await stats(reader.query, database, _quarantine_filter(args))
+            return await list_letters(reader.query, database, _quarantine_filter(args), args.limit)
+
+    result = asyncio.run(read())
+    if args.action == "show" and result is None:
+        print(f"tillstream: error: no quarantined row has id {args.id}", file=sys.stderr)
+        return 1
+    if args.json:
+        _print_json(result)
+    elif args.action == "show":
+        for name, value in result.items():
+            shown = (
+                json.dumps(json.loads(value), indent=2, ensure_ascii=False)
+                if name == "original"
+                else value
+            )
+            print(f"{name:12} {shown}")
+    elif args.action == "stats":
+        print(f"{result['total']} quarantined rows")
+        _print_table(("reason", "rows"), list(result["by_reason"].items()))
+        print()
+        _print_table(
+            ("source", "rows"), [(Path(s).name, n) for s, n in result["by_source"].items()]
+        )
+    elif not result:
+        print("no quarantined rows match")
+    else:
+        _print_table(
+            ("id", "reasons", "line", "source", "last seen", "status", "first message"),
+            [
+                (
+                    row["id"],
+                    ",".join(row["reasons"]),
+                    row["line"],
+                    Path(row["source"]).name,
+                    str(row["last_seen"])[:19].replace("T", " "),
+                    row["status"],
+                    next(iter(row["messages"].values()), "")[:60],
+                )
+                for row in result
+            ],
+        )
+    return 0
+
+
+def _utc_time(text: str) -> datetime:
+    """An ISO date or date-time on the command line; naive means UTC."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO date or date-time: {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -173,6 +237,25 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the per-file ingestion history")
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=50)
+    quarantine = commands.add_parser("quarantine", help="review quarantined rows")
+    actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (
+        ("list", "list quarantined rows"),
+        ("stats", "counts per reason and source"),
+    ):
+        review = actions.add_parser(action, help=text)
+        review.add_argument("--reason", choices=[str(code) for code in ReasonCode])
+        review.add_argument("--source", help="part of a file name, or the start of its hash")
+        review.add_argument(
+            "--status", choices=["quarantined", "replayed", "resolved", "discarded"]
+        )
+        review.add_argument("--since", type=_utc_time, help="last seen at or after (ISO)")
+        review.add_argument("--until", type=_utc_time, help="last seen before (ISO)")
+        review.add_argument("--limit", type=int, default=50)
+        review.add_argument("--json", action="store_true")
+    show = actions.add_parser("show", help="one quarantined row in full")
+    show.add_argument("id")
+    show.add_argument("--json", action="store_true")
     return parser
 
 
@@ -183,6 +266,7 @@ COMMANDS = {
     "sink": _command_run,
     "generate": _command_generate,
     "status": _command_status,
+    "quarantine": _command_quarantine,
 }
 
 
@@ -199,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"tillstream: error: {exc}", file=sys.stderr)
         return 2
+    except ResultError as exc:
+        print(f"tillstream: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ __all__ = ["HttpApi", "api_file", "read_api_url"]
 
 StatusProvider = Callable[[int], Awaitable[list[dict[str, Any]]]]
 HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
-QueryProvider = Callable[[str], Awaitable[dict[str, Any]]]
+QueryProvider = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
 def api_file(data_dir: Path) -> Path:
@@ -104,12 +104,20 @@ class HttpApi:
         return web.json_response(await self._status(limit))
 
     async def _query_page(self, request: web.Request) -> web.Response:
-        """A read-only SQL query against the process's ClickHouse, for CLI commands and tests."""
+        """A read-only SQL query against the process's ClickHouse, for CLI commands and tests.
+
+        The body is the SQL text, or JSON `{"sql": ..., "parameters": {...}}` with
+        values bound server-side (`{name:Type}` placeholders), never spliced in.
+        """
         if self._query is None:
             raise web.HTTPNotFound(text="this component has no ClickHouse connection")
-        sql = await request.text()
+        if request.content_type == "application/json":
+            body = await request.json()
+            sql, parameters = str(body["sql"]), dict(body.get("parameters") or {})
+        else:
+            sql, parameters = await request.text(), {}
         try:
-            result = await self._query(sql)
+            result = await self._query(sql, parameters)
         except Exception as exc:
             return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
         return web.json_response(result, dumps=lambda value: json.dumps(value, default=str))

@@ -246,9 +246,9 @@ class Runtime:
         assert self._history is not None  # noqa: S101 - only registered with a history
         return [entry.to_json() for entry in await self._history.recent(limit)]
 
-    async def _query(self, sql: str) -> dict[str, Any]:
+    async def _query(self, sql: str, parameters: dict[str, Any]) -> dict[str, Any]:
         assert self._database is not None  # noqa: S101 - only registered with a database
-        return await self._database.read_only_query(sql)
+        return await self._database.read_only_query(sql, parameters)
 
     def _running(self, component: Component) -> bool:
         if component is Component.WORKER:

@@ -1,0 +1,103 @@
+"""Reviewing the quarantine: listing, showing and counting dead letters.
+
+Every query takes a `QueryRunner`, so the same code reads through a running
+`up` (whose process holds chDB) or straight from the database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["QuarantineFilter", "QueryRunner", "list_letters", "show_letter", "stats"]
+
+QueryRunner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+"""Runs read-only SQL with bound parameters; rows come back as dicts."""
+
+_COLUMNS = (
+    "id, reasons, messages, original, source, source_kind, source_id, line, status, "
+    "first_seen, last_seen"
+)
+
+
+@dataclass(frozen=True)
+class QuarantineFilter:
+    reason: str | None = None
+    source: str | None = None
+    """A piece of the source's name, or the start of its content hash."""
+    status: str | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+
+    def where(self) -> tuple[str, dict[str, Any]]:
+        """The WHERE clause and its bound parameters; user text never enters the SQL."""
+        clauses = ["1"]
+        parameters: dict[str, Any] = {}
+        if self.reason:
+            clauses.append("has(reasons, {reason:String})")
+            parameters["reason"] = self.reason
+        if self.source:
+            clauses.append(
+                "(positionCaseInsensitive(source, {source:String}) > 0 "
+                "OR startsWith(source_id, lower({source:String})))"
+            )
+            parameters["source"] = self.source
+        if self.status:
+            clauses.append("status = {status:String}")
+            parameters["status"] = self.status
+        if self.since:
+            clauses.append("last_seen >= {since:DateTime64(3, 'UTC')}")
+            parameters["since"] = _clickhouse_time(self.since)
+        if self.until:
+            clauses.append("last_seen < {until:DateTime64(3, 'UTC')}")
+            parameters["until"] = _clickhouse_time(self.until)
+        return " AND ".join(clauses), parameters
+
+
+def _clickhouse_time(moment: datetime) -> str:
+    """As ClickHouse reads a DateTime64 parameter; the same over HTTP and in process."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")[:-3]
+
+
+async def list_letters(
+    run: QueryRunner, database: str, where: QuarantineFilter, limit: int
+) -> list[dict[str, Any]]:
+    clause, parameters = where.where()
+    return await run(
+        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL WHERE {clause} "
+        "ORDER BY last_seen DESC, source, line LIMIT {limit:UInt32}",
+        {**parameters, "limit": limit},
+    )
+
+
+async def show_letter(run: QueryRunner, database: str, letter_id: str) -> dict[str, Any] | None:
+    rows = await run(
+        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL WHERE id = {{id:String}}",
+        {"id": letter_id},
+    )
+    return rows[0] if rows else None
+
+
+async def stats(run: QueryRunner, database: str, where: QuarantineFilter) -> dict[str, Any]:
+    """Counts per reason (a row with two reasons counts for both) and per source."""
+    clause, parameters = where.where()
+    by_reason = await run(
+        f"SELECT reason, count() AS rows FROM {database}.quarantine FINAL "
+        f"ARRAY JOIN reasons AS reason WHERE {clause} GROUP BY reason ORDER BY rows DESC, reason",
+        parameters,
+    )
+    by_source = await run(
+        f"SELECT source, count() AS rows FROM {database}.quarantine FINAL "
+        f"WHERE {clause} GROUP BY source ORDER BY rows DESC, source",
+        parameters,
+    )
+    total = await run(
+        f"SELECT count() AS rows FROM {database}.quarantine FINAL WHERE {clause}", parameters
+    )
+    return {
+        "total": int(total[0]["rows"]),
+        "by_reason": {row["reason"]: int(row["rows"]) for row in by_reason},
+        "by_source": {row["source"]: int(row["rows"]) for row in by_source},
+    }
