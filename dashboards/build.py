@@ -421,8 +421,8 @@ def sales_overview() -> dashboard.Dashboard:
                     toStartOfMonth(sold_at) AS month,
                     count() AS orders,
                     sum(quantity) AS units,
-                    sum(revenue) AS revenue,
-                    round(toFloat64(avg(revenue)), 2) AS average_order_value,
+                    sum(revenue) AS total_revenue,
+                    round(toFloat64(total_revenue / orders), 2) AS average_order_value,
                     round(toFloat64(avg(discount)), 4) AS average_discount
                 {where}
                 GROUP BY month
@@ -440,7 +440,7 @@ def sales_overview() -> dashboard.Dashboard:
 
 QUARANTINE_WHERE = """\
 FROM ${database}.quarantine FINAL
-WHERE $__timeFilter(first_seen)
+WHERE $__timeFilter_ms(first_seen)
   AND hasAny(reasons, [${reason:singlequote}])"""
 
 
@@ -461,8 +461,8 @@ def data_quality() -> dashboard.Dashboard:
             ORDER BY reason""",
         )
     )
-    valid = "SELECT count() FROM ${database}.sales FINAL WHERE $__timeFilter(ingested_at)"
-    rejected = "SELECT count() FROM ${database}.quarantine FINAL WHERE $__timeFilter(first_seen)"
+    valid = "SELECT count() FROM ${database}.sales FINAL WHERE $__timeFilter_ms(ingested_at)"
+    rejected = "SELECT count() FROM ${database}.quarantine FINAL WHERE $__timeFilter_ms(first_seen)"
     board.with_panel(
         stat_panel(
             "Valid rows",
@@ -481,7 +481,7 @@ def data_quality() -> dashboard.Dashboard:
             "Exact re-deliveries of an order already accepted.",
             SQL(
                 "SELECT count() AS duplicates FROM ${database}.duplicates FINAL\n"
-                "WHERE $__timeFilter(detected_at)"
+                "WHERE $__timeFilter_ms(detected_at)"
             ),
         )
     ).with_panel(
@@ -514,7 +514,7 @@ def data_quality() -> dashboard.Dashboard:
                             count() AS valid,
                             0 AS rejected
                         FROM ${database}.sales FINAL
-                        WHERE $__timeFilter(ingested_at)
+                        WHERE $__timeFilter_ms(ingested_at)
                         GROUP BY time
                         UNION ALL
                         SELECT
@@ -522,7 +522,7 @@ def data_quality() -> dashboard.Dashboard:
                             0 AS valid,
                             count() AS rejected
                         FROM ${database}.quarantine FINAL
-                        WHERE $__timeFilter(first_seen)
+                        WHERE $__timeFilter_ms(first_seen)
                         GROUP BY time
                     )
                     GROUP BY time
@@ -542,7 +542,7 @@ def data_quality() -> dashboard.Dashboard:
                 SELECT reason, count() AS rows
                 FROM ${database}.quarantine FINAL
                 ARRAY JOIN reasons AS reason
-                WHERE $__timeFilter(first_seen)
+                WHERE $__timeFilter_ms(first_seen)
                   AND reason IN (${reason:singlequote})
                 GROUP BY reason
                 ORDER BY rows DESC"""
@@ -572,7 +572,7 @@ def data_quality() -> dashboard.Dashboard:
                     round(dateDiff('millisecond', seen_at, finished_at) / 1000, 3) AS seconds,
                     error
                 FROM ${database}.ingestion_history FINAL
-                WHERE $__timeFilter(started_at)
+                WHERE $__timeFilter_ms(started_at)
                 ORDER BY started_at DESC
                 LIMIT 500"""
             ),
@@ -586,7 +586,7 @@ def data_quality() -> dashboard.Dashboard:
                 """
                 SELECT
                     first_seen,
-                    arrayStringConcat(reasons, ', ') AS reasons,
+                    arrayStringConcat(reasons, ', ') AS reason_codes,
                     toString(messages) AS messages,
                     original,
                     source,
@@ -611,7 +611,7 @@ def data_quality() -> dashboard.Dashboard:
                         toStartOfInterval(detected_at, INTERVAL $__interval_s second) AS time,
                         count() AS duplicates
                     FROM ${database}.duplicates FINAL
-                    WHERE $__timeFilter(detected_at)
+                    WHERE $__timeFilter_ms(detected_at)
                     GROUP BY time
                     ORDER BY time""",
                     "timeseries",
@@ -631,7 +631,7 @@ def data_quality() -> dashboard.Dashboard:
                     uniqExact(order_id) AS orders,
                     max(detected_at) AS last_detected
                 FROM ${database}.duplicates FINAL
-                WHERE $__timeFilter(detected_at)
+                WHERE $__timeFilter_ms(detected_at)
                 GROUP BY source
                 ORDER BY duplicate_rows DESC
                 LIMIT 100"""
@@ -842,7 +842,7 @@ def pipeline_health() -> dashboard.Dashboard:
                         finished_at AS time,
                         dateDiff('millisecond', seen_at, finished_at) / 1000 AS seconds
                     FROM ${database}.ingestion_history FINAL
-                    WHERE status = 'done' AND $__timeFilter(finished_at)
+                    WHERE status = 'done' AND $__timeFilter_ms(finished_at)
                     ORDER BY time""",
                     "timeseries",
                 )

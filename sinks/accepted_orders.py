@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from sinks.database import Database
+from sinks.database import Database, QueryRunner
 
-__all__ = ["accepted_orders"]
+__all__ = ["accepted_orders", "find_accepted"]
 
 AcceptedOrder = tuple[str, str, str, int]
 """order id, fingerprint, source id, line."""
@@ -27,3 +27,18 @@ async def accepted_orders(
             return
         yield [(str(o), str(f), str(s), int(n)) for o, f, s, n in rows]
         after = str(rows[-1][0])
+
+
+async def find_accepted(
+    run: QueryRunner, database: str, order_ids: list[str]
+) -> dict[str, list[str | int]]:
+    """The accepted delivery of each of these orders that ClickHouse holds, as the
+    dedupe table keeps it: [fingerprint, source id, line]."""
+    rows = await run(
+        f"SELECT order_id, fingerprint, source_id, line FROM {database}.sales FINAL "
+        "WHERE order_id IN {ids:Array(String)}",
+        {"ids": order_ids},
+    )
+    return {
+        row["order_id"]: [row["fingerprint"], row["source_id"], int(row["line"])] for row in rows
+    }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -20,9 +20,13 @@ from clickhouse_connect.driver.exceptions import OperationalError
 
 from tillstream.settings import ClickHouseConfig
 
-__all__ = ["Database", "DatabaseUnavailableError", "is_retryable"]
+__all__ = ["Database", "DatabaseUnavailableError", "QueryRunner", "is_retryable"]
 
 T = TypeVar("T")
+
+QueryRunner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
+"""Runs read-only SQL with bound parameters, rows as dicts: through a running `up`
+or on a Database, so read-side code works either way."""
 
 _chdb_lock = threading.Lock()
 

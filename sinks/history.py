@@ -13,10 +13,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sinks.database import Database
+from sinks.database import Database, QueryRunner
 from tillstream.records import SourceRef
 
-__all__ = ["SourceStatus", "HistoryEntry", "IngestionHistory"]
+__all__ = ["SourceStatus", "HistoryEntry", "IngestionHistory", "find_source"]
 
 
 class SourceStatus(StrEnum):
@@ -189,3 +189,13 @@ class IngestionHistory:
             )
             for source_id in source_ids
         }
+
+
+async def find_source(run: QueryRunner, database: str, source_id: str) -> dict[str, Any] | None:
+    """Name and status of a source already in the history, if it is."""
+    rows = await run(
+        f"SELECT source_name, status FROM {database}.ingestion_history FINAL "
+        "WHERE source_id = {id:String}",
+        {"id": source_id},
+    )
+    return rows[0] if rows else None

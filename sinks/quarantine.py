@@ -6,15 +6,14 @@ Every query takes a `QueryRunner`, so the same code reads through a running
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["QuarantineFilter", "QueryRunner", "list_letters", "show_letter", "stats"]
+from sinks.database import QueryRunner
 
-QueryRunner = Callable[[str, dict[str, Any]], Awaitable[list[dict[str, Any]]]]
-"""Runs read-only SQL with bound parameters; rows come back as dicts."""
+__all__ = ["QuarantineFilter", "list_letters", "show_letter", "stats"]
+
 
 _COLUMNS = (
     "id, reasons, messages, original, source, source_kind, source_id, line, status, "

@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import logging
+import shutil
 import signal
 import sys
 from collections.abc import Sequence
@@ -13,6 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processors.dry_run import DryRunReport, dry_run
+from producers.readers import UnreadableFileError, sha256_of
+from sinks.accepted_orders import find_accepted
+from sinks.history import find_source
 from sinks.quarantine import QuarantineFilter, list_letters, show_letter, stats
 from tillstream.records import ReasonCode
 from tillstream.results import ResultError, ResultReader
@@ -206,6 +211,45 @@ def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    path: Path = args.file
+    if not path.is_file():
+        print(f"tillstream: error: {path} is not a file", file=sys.stderr)
+        return 2
+    if not args.dry_run:
+        inbox = settings.watch.inbox
+        inbox.mkdir(parents=True, exist_ok=True)
+        partial = inbox / f".{path.name}.partial"
+        shutil.copyfile(path, partial)
+        partial.replace(inbox / path.name)
+        print(f"copied {path} into {inbox}; `tillstream status` follows it")
+        return 0
+
+    async def simulate() -> tuple[dict[str, Any] | None, DryRunReport | None]:
+        async with ResultReader(settings) as reader:
+            database = reader.database_name
+            earlier = await find_source(reader.query, database, sha256_of(path))
+            if earlier is not None:
+        if args.json:
+            _print_json({"file": str(path), "same_content_as": earlier["source_name"]})
+        else:
+            print(
+                f"{path}: same content as {earlier['source_name']} ({earlier['status']}); "
+                "ingesting it would change nothing"
+            )
+        return 0
+    assert report is not None  # noqa: S101 - set whenever earlier is None
+    if args.json:
+        _print_json(report.__dict__)
+        return 0
+    print(
+        f"{path}: {report.rows} rows would give {report.valid} valid, "
+        f"{report.rejected_rows} rejected, {report.duplicates} duplicates (nothing written)"
+    )
+    _print_table(("reason", "rows"), sorted(report.rejected.items()))
+    return 0
+
+
 def _utc_time(text: str) -> datetime:
     """An ISO date or date-time on the command line; naive means UTC."""
     try:
@@ -237,6 +281,12 @@ def _parser() -> argparse.ArgumentParser:
     status = commands.add_parser("status", help="show the per-file ingestion history")
     status.add_argument("--json", action="store_true")
     status.add_argument("--limit", type=int, default=50)
+    ingest = commands.add_parser("ingest", help="hand a file to the watcher, or --dry-run it")
+    ingest.add_argument("file", type=Path)
+    ingest.add_argument(
+        "--dry-run", action="store_true", help="report what would happen; write nothing"
+    )
+    ingest.add_argument("--json", action="store_true")
     quarantine = commands.add_parser("quarantine", help="review quarantined rows")
     actions = quarantine.add_subparsers(dest="action", required=True, metavar="ACTION")
     for action, text in (
@@ -267,6 +317,7 @@ COMMANDS = {
     "generate": _command_generate,
     "status": _command_status,
     "quarantine": _command_quarantine,
+    "ingest": _command_ingest,
 }
 
 

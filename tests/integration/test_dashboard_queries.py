@@ -45,9 +45,7 @@ SELECTIONS = {
 }
 
 
-def _run_every_clickhouse_query(
-    pipeline: Pipeline, board: Dashboard, selection: str
-) -> list[str]:
+def _run_every_clickhouse_query(pipeline: Pipeline, board: Dashboard, selection: str) -> list[str]:
     """The failures, one line each, so one run shows every broken panel."""
     time_range = TimeRange.parse(board.time_from, board.time_to)
     failures: list[str] = []

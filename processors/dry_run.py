@@ -1,0 +1,66 @@
+"""What ingesting a file would do, without writing anything anywhere.
+
+The file goes through the same reader, the same `clean_chunk` and the same
+`dedupe` as in the pipeline; the orders accepted before come from ClickHouse
+(read-only), so duplicates and conflicts with earlier files are reported too.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from processors.chunks import clean_chunk, decode_validated
+from processors.dedupe import SeenEntry, dedupe
+from producers.publisher import Message
+from producers.readers import read_chunks, sha256_of
+from tillstream.records import RawChunk, SourceRef, decode
+from tillstream.settings import Settings
+
+__all__ = ["DryRunReport", "OrderLookup", "dry_run"]
+
+OrderLookup = Callable[[list[str]], Awaitable[dict[str, SeenEntry]]]
+"""The accepted delivery of each order id already known downstream."""
+
+
+@dataclass
+class DryRunReport:
+    file: str
+    rows: int = 0
+    valid: int = 0
+    duplicates: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    """Rows per reason code (a row with two reasons counts for both)."""
+    rejected_rows: int = 0
+
+
+async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> DryRunReport:
+    """Raises UnreadableFileError as ingestion would fail the file."""
+    source = SourceRef("file", sha256_of(path), str(path))
+    report = DryRunReport(file=str(path))
+    seen: dict[str, SeenEntry] = {}
+    now = datetime.now(UTC)
+    partitions = settings.kafka.partitions
+    for seq, chunk in enumerate(read_chunks(path, settings.watch.chunk_rows)):
+        raw = RawChunk(source, seq, chunk.columns, chunk.rows, chunk.lines, chunk.unparseable)
+        cleaned = clean_chunk(raw, settings.cleaning, partitions, now)
+        report.rows += len(chunk.rows) + len(chunk.unparseable)
+        _count_dead_letters(report, cleaned.dead_letters)
+        for message in cleaned.validated:
+            _, sales = decode_validated(message.value)
+            unknown = [sale.order_id for sale in sales if sale.order_id not in seen]
+            seen.update(await known_orders(unknown))
+            output = dedupe(source, sales, seen, now)
+            report.valid += len(output.clean)
+            report.duplicates += len(output.duplicates)
+            _count_dead_letters(report, output.dead_letters)
+    return report
+
+
+def _count_dead_letters(report: DryRunReport, letters: list[Message]) -> None:
+    for letter in letters:
+        report.rejected.update(decode(letter.value)["reasons"])
+    report.rejected_rows += len(letters)
