@@ -230,6 +230,19 @@ def _command_ingest(settings: Settings, args: argparse.Namespace) -> int:
             database = reader.database_name
             earlier = await find_source(reader.query, database, sha256_of(path))
             if earlier is not None:
+                return earlier, None
+
+            async def known_orders(order_ids: list[str]) -> dict[str, list[str | int]]:
+                return await find_accepted(reader.query, database, order_ids)
+
+            return None, await dry_run(path, settings, known_orders)
+
+    try:
+        earlier, report = asyncio.run(simulate())
+    except UnreadableFileError as exc:
+        print(f"{path}: would fail: {exc}")
+        return 1
+    if earlier is not None:
         if args.json:
             _print_json({"file": str(path), "same_content_as": earlier["source_name"]})
         else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from tillstream.records import ReasonCode
+
 __all__ = [
     "FILES",
     "WATCHER_ROWS_READ",
@@ -23,6 +25,9 @@ __all__ = [
     "SINK_CONSUMER_LAG",
     "END_TO_END_SECONDS",
     "COMPONENT_UP",
+    "RUNTIME_DEPENDENCY_UP",
+    "WORKER_CONSUMER_LAG",
+    "SINK_LAST_WRITE",
 ]
 
 FILES = Counter("tillstream_watcher_files_total", "Files by final status", ["status"])
@@ -73,3 +78,36 @@ END_TO_END_SECONDS = Histogram(
     buckets=(0.25, 0.5, 1, 2, 3, 5, 10, 30, 60, 300, 1800),
 )
 COMPONENT_UP = Gauge("tillstream_component_up", "1 while a component runs", ["component"])
+RUNTIME_DEPENDENCY_UP = Gauge(
+    "tillstream_runtime_dependency_up",
+    "1 while a dependency (kafka, clickhouse) answers the process's probe",
+    ["dependency"],
+)
+WORKER_CONSUMER_LAG = Gauge(
+    "tillstream_worker_consumer_lag_messages",
+    "Messages the worker group has not committed yet, per topic and partition",
+    ["topic", "partition"],
+)
+SINK_LAST_WRITE = Gauge(
+    "tillstream_sink_last_write_timestamp_seconds",
+    "When the sink last wrote rows to ClickHouse (its start time before the first write)",
+)
+
+# Labelled series exist only once used; created here at zero, so dashboards and alerts
+# see "none yet" rather than "no such series". (Not COMPONENT_UP: a zero there would
+# claim that a component this process does not run is down.)
+for _kind in ("connection", "data"):
+    SINK_ERRORS.labels(_kind)
+for _status in ("done", "failed", "already_seen"):
+    FILES.labels(_status)
+for _stage, _outcome in (
+    ("clean", "valid"),
+    ("clean", "rejected"),
+    ("dedupe", "clean"),
+    ("dedupe", "conflict"),
+):
+    WORKER_ROWS.labels(_stage, _outcome)
+for _stage in ("clean", "dedupe"):
+    WORKER_CHUNK_SECONDS.labels(_stage)
+for _reason in ReasonCode:
+    WORKER_REJECTS.labels(str(_reason))
