@@ -9,10 +9,11 @@ any point means it is read again at start-up (and its rows replace themselves).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +29,7 @@ __all__ = ["FileIngestor"]
 
 log = logging.getLogger(__name__)
 
-DONE_POLL_SECONDS = 0.1
+DONE_POLL_SECONDS = 1.0
 MIN_RECOGNISED_COLUMNS = 2
 
 
@@ -55,6 +56,7 @@ class FileIngestor:
         self._publisher = publisher
         self._raw_topic = raw_topic
         self._history = history
+        self._done: dict[str, asyncio.Event] = {}
 
     async def ingest(self, path: Path) -> SourceStatus | None:
         """Process one file; return its final status, or None if it vanished."""
@@ -130,16 +132,30 @@ class FileIngestor:
             shown = ", ".join(repr(name) for name in chunk.columns[:8])
             raise UnreadableFileError(f"no recognisable header: columns {shown}")
 
+    def sources_done(self, source_ids: Iterable[str]) -> None:
+        """Told by a sink in the same process, so a file need not wait for the next poll."""
+        for source_id in source_ids:
+            if (event := self._done.get(source_id)) is not None:
+                event.set()
+
     async def _wait_until_done(self, source_id: str) -> None:
+        """Until the history says done: woken by `sources_done`, or polling for a sink
+        that runs in another process."""
+        event = self._done.setdefault(source_id, asyncio.Event())
         started = time.monotonic()
-        while True:
-            entry: HistoryEntry | None = await self._history.get(source_id)
-            if entry is not None and entry.status is SourceStatus.DONE:
-                return
-            if time.monotonic() - started > 30:
-                started = time.monotonic()
-                log.info("waiting for file id=%s to be fully written", source_id[:12])
-            await asyncio.sleep(DONE_POLL_SECONDS)
+        try:
+            while True:
+                entry: HistoryEntry | None = await self._history.get(source_id)
+                if entry is not None and entry.status is SourceStatus.DONE:
+                    return
+                if time.monotonic() - started > 30:
+                    started = time.monotonic()
+                    log.info("waiting for file id=%s to be fully written", source_id[:12])
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(event.wait(), DONE_POLL_SECONDS)
+                event.clear()
+        finally:
+            self._done.pop(source_id, None)
 
     def _move(self, path: Path, folder: Path, source_id: str, error: str | None) -> None:
         try:

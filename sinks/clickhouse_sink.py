@@ -31,6 +31,8 @@ __all__ = ["ClickHouseSink"]
 log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 16 * 2**20
+IDLE_RECONCILE_SECONDS = 0.5
+"""Sources whose reading ends after their last rows were written are found this often."""
 
 
 @dataclass
@@ -90,11 +92,13 @@ class ClickHouseSink:
         self._config = config
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
+        self._reconciled = 0.0
 
     async def run(self) -> None:
         """Consume and write until `stop`; the last partial batch is written first."""
         await self._consumer.start()
         metrics.COMPONENT_UP.labels("sink").set(1)
+        metrics.SINK_LAST_WRITE.set_to_current_time()
         batch = _Batch()
         try:
             while not self._stopping.is_set():
@@ -115,7 +119,7 @@ class ClickHouseSink:
                 ):
                     await self._flush(batch)
                     batch = _Batch()
-                if not fetched:
+                if not fetched and time.monotonic() - self._reconciled >= IDLE_RECONCILE_SECONDS:
                     await self._reconcile()
             if batch.next_offsets:
                 await self._flush(batch)
@@ -133,6 +137,7 @@ class ClickHouseSink:
                 await self._write_with_retry(table, values)
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
+                metrics.SINK_LAST_WRITE.set_to_current_time()
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
         await self._reconcile()
@@ -195,6 +200,7 @@ class ClickHouseSink:
 
     async def _reconcile(self) -> None:
         """Mark finished sources done; while ClickHouse is away, try again next time."""
+        self._reconciled = time.monotonic()
         try:
             done = await self._history.reconcile()
         except Exception as exc:

@@ -27,11 +27,12 @@ from producers.watcher import FolderWatcher
 from sinks.accepted_orders import accepted_orders
 from sinks.clickhouse_sink import ClickHouseSink
 from sinks.database import Database
-from sinks.history import IngestionHistory
+from sinks.history import HistoryEntry, IngestionHistory
 from sinks.schema import migrate
 from tillstream import metrics
 from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
 from tillstream.http_api import HttpApi, read_api_url
+from tillstream.probes import DependencyProbe
 from tillstream.settings import ConfigError, Settings
 from tillstream.topics import Topics, ensure_topics
 
@@ -81,6 +82,7 @@ class Runtime:
         self._stack = _Stack()
         self._tasks: dict[Component, asyncio.Task[Any]] = {}
         self._app: faust.App | None = None
+        self._ingestor: FileIngestor | None = None
         self._database: Database | None = None
         self._history: IngestionHistory | None = None
 
@@ -156,6 +158,18 @@ class Runtime:
             self._app = app
         if Component.WATCH in self.components:
             await self._start_watcher(publisher)
+        await self._start_probe()
+
+    async def _start_probe(self) -> None:
+        worker = Component.WORKER in self.components
+        probe = DependencyProbe(
+            self.bootstrap_servers,
+            self._database,
+            f"{self.settings.kafka.group_prefix}-worker" if worker else None,
+            [self.topics.raw.name, self.topics.validated.name],
+        )
+        await probe.start()
+        self._stack.stops.append(probe.stop)
 
     async def _idempotence(self) -> bool:
         mode = self.settings.kafka.exactly_once
@@ -186,6 +200,7 @@ class Runtime:
             self.settings.sink,
             self.settings.kafka.session_timeout_seconds,
             self.settings.kafka.rebalance_timeout_seconds,
+            on_sources_done=self._sources_done,
         )
         task = asyncio.create_task(sink.run(), name="sink")
         self._tasks[Component.SINK] = task
@@ -202,6 +217,7 @@ class Runtime:
         ingestor = FileIngestor(
             config, self.settings.cleaning, publisher, self.topics.raw.name, self._history
         )
+        self._ingestor = ingestor
         watcher = FolderWatcher(config.inbox, config.stable_seconds)
         in_flight = asyncio.Semaphore(config.max_in_flight_files)
         ingests: set[asyncio.Task[Any]] = set()
@@ -249,6 +265,10 @@ class Runtime:
     async def _query(self, sql: str, parameters: dict[str, Any]) -> dict[str, Any]:
         assert self._database is not None  # noqa: S101 - only registered with a database
         return await self._database.read_only_query(sql, parameters)
+
+    async def _sources_done(self, entries: list[HistoryEntry]) -> None:
+        if self._ingestor is not None:
+            self._ingestor.sources_done(entry.source_id for entry in entries)
 
     def _running(self, component: Component) -> bool:
         if component is Component.WORKER:
