@@ -72,7 +72,9 @@ def build_app(
             started = time.perf_counter()
             chunk = RawChunk.from_json(value)
             cleaned = clean_chunk(chunk, rules, partitions, datetime.now(UTC))
-            await publisher.publish(topics.dlq.name, cleaned.dead_letters, _HEADERS)
+            await publisher.publish(
+                topics.dlq.name, [*cleaned.dead_letters, *cleaned.released], _HEADERS
+            )
             await publisher.publish(topics.validated.name, cleaned.validated)
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)

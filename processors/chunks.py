@@ -22,6 +22,7 @@ from processors.cleaning import CLEAN_COLUMNS, clean_rows
 from producers.publisher import Message, partition_for
 from tillstream.records import (
     SCHEMA_VERSION,
+    QuarantineStatus,
     RawChunk,
     ReasonCode,
     SourceRef,
@@ -60,6 +61,8 @@ class ValidatedSale:
 @dataclass(frozen=True, slots=True)
 class CleanedChunk:
     dead_letters: list[Message]
+    released: list[Message]
+    """For a replay: the quarantine rows that are valid now, as `replayed`."""
     validated: list[Message]
     """One message per dedupe partition, carrying that partition's valid rows."""
     valid_rows: int
@@ -103,6 +106,7 @@ def dead_letter(
     messages: dict[str, str],
     now: datetime,
     extra: dict[str, Any] | None = None,
+    status: QuarantineStatus = QuarantineStatus.QUARANTINED,
 ) -> Message:
     """A `sales.dlq` message: the contract is docs/topics.md."""
     letter_id = dead_letter_id(source.id, line)
@@ -117,7 +121,7 @@ def dead_letter(
         "source_kind": source.kind,
         "source_id": source.id,
         "line": line,
-        "status": "quarantined",
+        "status": str(status),
         "first_seen": stamp,
         "last_seen": stamp,
         **(extra or {}),
@@ -239,6 +243,22 @@ def clean_chunk(
         by_partition[partition_for(order_id.encode(), partitions)].append(
             f"{encode_basestring(order_id)}\t{fingerprint}\t{line}\t{clean_json}\t{original}"
         )
+    released = (
+        [
+            dead_letter(
+                chunk.source,
+                int(line),
+                dict(zip(columns, originals[line], strict=True)),
+                [],
+                {},
+                now,
+                status=QuarantineStatus.REPLAYED,
+            )
+            for line in clean.index
+        ]
+        if chunk.replay
+        else []
+    )
     header = encode(
         {"source": {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}}
     )
@@ -250,7 +270,7 @@ def clean_chunk(
         )
         for partition, sales in sorted(by_partition.items())
     ]
-    return CleanedChunk(dead_letters, validated, len(clean), dict(rejects_by_reason))
+    return CleanedChunk(dead_letters, released, validated, len(clean), dict(rejects_by_reason))
 
 
 def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:

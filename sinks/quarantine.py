@@ -6,13 +6,22 @@ Every query takes a `QueryRunner`, so the same code reads through a running
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sinks.database import QueryRunner
 
-__all__ = ["QuarantineFilter", "list_letters", "show_letter", "stats"]
+__all__ = [
+    "QuarantineFilter",
+    "letters_by_id",
+    "list_letters",
+    "show_letter",
+    "stats",
+    "statuses_since",
+    "landed",
+]
 
 
 _COLUMNS = (
@@ -100,3 +109,54 @@ async def stats(run: QueryRunner, database: str, where: QuarantineFilter) -> dic
         "by_reason": {row["reason"]: int(row["rows"]) for row in by_reason},
         "by_source": {row["source"]: int(row["rows"]) for row in by_source},
     }
+
+
+async def letters_by_id(
+    run: QueryRunner, database: str, where: QuarantineFilter, page: int = 10_000
+) -> AsyncIterator[list[dict[str, Any]]]:
+    """Every matching row, in pages ordered by id, so memory stays bounded."""
+    clause, parameters = where.where()
+    after = ""
+    while True:
+        rows = await run(
+            f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL "
+            f"WHERE {clause} AND id > {{after:String}} ORDER BY id LIMIT {{page:UInt32}}",
+            {**parameters, "after": after, "page": page},
+        )
+        if not rows:
+            return
+        yield rows
+        after = rows[-1]["id"]
+
+
+async def statuses_since(
+    run: QueryRunner, database: str, ids: list[str], since: datetime
+) -> dict[str, str]:
+    """The status of each of these rows that was updated since `since`."""
+    rows = await run(
+        f"SELECT id, status FROM {database}.quarantine FINAL "
+        "WHERE id IN {ids:Array(String)} AND last_seen >= {since:DateTime64(3, 'UTC')}",
+        {"ids": ids, "since": _clickhouse_time(since)},
+    )
+    return {row["id"]: row["status"] for row in rows}
+
+
+async def landed(
+    run: QueryRunner, database: str, rows: set[tuple[str, int]]
+) -> set[tuple[str, int]]:
+    """Which of these (source id, line) rows are in `sales` or `duplicates` now."""
+    if not rows:
+        return set()
+    parameters = {
+        "sources": sorted({source for source, _ in rows}),
+        "lines": sorted({line for _, line in rows}),
+    }
+    found = await run(
+        " UNION ALL ".join(
+            f"SELECT source_id, line FROM {database}.{table} "
+            "WHERE source_id IN {sources:Array(String)} AND line IN {lines:Array(UInt64)}"
+            for table in ("sales", "duplicates")
+        ),
+        parameters,
+    )
+    return rows & {(row["source_id"], int(row["line"])) for row in found}

@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from processors.dry_run import DryRunReport, dry_run
+from processors.replay import ReplayOutcome, replay_quarantine
+from producers.publisher import KafkaPublisher
 from producers.readers import UnreadableFileError, sha256_of
 from sinks.accepted_orders import find_accepted
 from sinks.history import find_source
@@ -22,6 +24,7 @@ from sinks.quarantine import QuarantineFilter, list_letters, show_letter, stats
 from tillstream.records import ReasonCode
 from tillstream.results import ResultError, ResultReader
 from tillstream.settings import ConfigError, Settings, load_settings
+from tillstream.topics import Topics
 
 __all__ = ["main"]
 
@@ -159,7 +162,49 @@ def _quarantine_filter(args: argparse.Namespace) -> QuarantineFilter:
     )
 
 
+def _quarantine_replay(settings: Settings, args: argparse.Namespace) -> int:
+    async def replay() -> ReplayOutcome:
+        async with ResultReader(settings) as reader:
+            bootstrap = reader.kafka_bootstrap()
+            if not bootstrap:
+                raise ConfigError(
+                    "invalid setting kafka.bootstrap_servers: replay publishes to Kafka; "
+                    "start `tillstream up` or set it"
+                )
+            publisher = KafkaPublisher(bootstrap, settings.kafka.client_id)
+            await publisher.start()
+            try:
+                return await replay_quarantine(
+                    reader.query,
+                    reader.database_name,
+                    _quarantine_filter(args),
+                    publisher,
+                    Topics.from_config(settings.kafka).raw.name,
+                    settings.watch.chunk_rows,
+                    args.wait,
+                )
+            finally:
+                await publisher.stop()
+
+    outcome = asyncio.run(replay())
+    if args.json:
+        _print_json(outcome.__dict__)
+    else:
+        print(
+            f"replayed {outcome.sent} rows; now: "
+            + (", ".join(f"{count} {status}" for status, count in outcome.statuses.items()) or "-")
+        )
+        if outcome.not_replayable:
+            print(f"{outcome.not_replayable} unparseable rows cannot be cleaned again")
+        if not outcome.complete:
+            print("not every row was handled yet; `tillstream quarantine stats` shows progress")
+    return 0 if outcome.complete else 1
+
+
 def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "replay":
+        return _quarantine_replay(settings, args)
+
     async def read() -> Any:
         async with ResultReader(settings) as reader:
             database = reader.database_name
@@ -272,6 +317,25 @@ def _utc_time(text: str) -> datetime:
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
+def _command_report(settings: Settings, args: argparse.Namespace) -> int:
+    from dashboards.report import build_report, render_html
+
+    selected: dict[str, list[str]] = {}
+    for choice in args.var:
+        name, _, value = choice.partition("=")
+        selected.setdefault(name, []).append(value)
+    report = asyncio.run(
+        build_report(settings, args.time_from, args.time_to, selected, args.prometheus)
+    )
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render_html(report), encoding="utf-8")
+    panels = sum(len(board.panels) for board in report.boards)
+    print(f"wrote {args.out}: {panels} panels of {len(report.boards)} dashboards")
+    for failure in report.failures:
+        print(f"  failed: {failure}", file=sys.stderr)
+    return 1 if report.failures else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tillstream", description="Streaming processor for sales data."
@@ -316,9 +380,29 @@ def _parser() -> argparse.ArgumentParser:
         review.add_argument("--until", type=_utc_time, help="last seen before (ISO)")
         review.add_argument("--limit", type=int, default=50)
         review.add_argument("--json", action="store_true")
+    replay = actions.add_parser(
+        "replay", help="clean quarantined rows again with the current rules"
+    )
+    replay.add_argument("--reason", choices=[str(code) for code in ReasonCode])
+    replay.add_argument("--source", help="part of a file name, or the start of its hash")
+    replay.add_argument("--since", type=_utc_time, help="last seen at or after (ISO)")
+    replay.add_argument("--until", type=_utc_time, help="last seen before (ISO)")
+    replay.add_argument("--status", default=None, help=argparse.SUPPRESS)
+    replay.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the outcome")
+    replay.add_argument("--json", action="store_true")
     show = actions.add_parser("show", help="one quarantined row in full")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")
+    report = commands.add_parser(
+        "report", help="render the dashboards' panels into one self-contained HTML file"
+    )
+    report.add_argument("--out", type=Path, default=Path("tillstream-report.html"))
+    report.add_argument("--from", dest="time_from", help="e.g. now-7d or 2025-01-01")
+    report.add_argument("--to", dest="time_to", help="default: each dashboard's own range")
+    report.add_argument(
+        "--var", action="append", default=[], metavar="NAME=VALUE", help="e.g. region=North"
+    )
+    report.add_argument("--prometheus", metavar="URL", help="fill the Prometheus panels")
     return parser
 
 
@@ -331,6 +415,7 @@ COMMANDS = {
     "status": _command_status,
     "quarantine": _command_quarantine,
     "ingest": _command_ingest,
+    "report": _command_report,
 }
 
 

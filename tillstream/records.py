@@ -20,6 +20,7 @@ __all__ = [
     "ReasonCode",
     "SourceRef",
     "RawChunk",
+    "QuarantineStatus",
     "RowOutcome",
     "dead_letter_id",
     "encode",
@@ -66,6 +67,16 @@ class ReasonCode(StrEnum):
     UNPARSEABLE_ROW = "unparseable_row"
 
 
+class QuarantineStatus(StrEnum):
+    """Where a quarantined row stands; the latest message for an id wins."""
+
+    QUARANTINED = "quarantined"
+    REPLAYED = "replayed"
+    """Cleaned again after a rule fix, and valid this time."""
+    RESOLVED = "resolved"
+    DISCARDED = "discarded"
+
+
 class RowOutcome(StrEnum):
     """Where a row read from a source ended: every row ends in exactly one."""
 
@@ -102,6 +113,8 @@ class RawChunk:
     unparseable: list[tuple[int, str]] = field(default_factory=list)
     seen_at: float = 0.0
     """Unix time the source was first seen, for end-to-end latency."""
+    replay: bool = False
+    """Quarantined rows sent again: the valid ones leave the quarantine as `replayed`."""
 
     def to_json(self) -> bytes:
         return encode(
@@ -117,6 +130,7 @@ class RawChunk:
                 "lines": self.lines,
                 "unparseable": self.unparseable,
                 "seen_at": self.seen_at,
+                "replay": self.replay,
             }
         )
 
@@ -131,6 +145,7 @@ class RawChunk:
             lines=raw["lines"],
             unparseable=[(line, text) for line, text in raw["unparseable"]],
             seen_at=raw["seen_at"],
+            replay=raw.get("replay", False),
         )
 
 

@@ -77,6 +77,12 @@ class ResultReader:
         except urllib.error.HTTPError as exc:
             raise ResultError(json.loads(exc.read() or b"{}").get("error", str(exc))) from None
 
+    def kafka_bootstrap(self) -> str:
+        """Where to publish: the broker of the running process, else the configured one."""
+        if self._url is not None:
+            return str(self._get("/health")["kafka"])
+        return self._settings.kafka.bootstrap_servers
+
     async def query(self, sql: str, parameters: dict[str, Any]) -> list[dict[str, Any]]:
         """Rows of a read-only query as dicts; values bound server-side."""
         if self._database is not None:
