@@ -16,6 +16,7 @@ from sinks.database import QueryRunner
 __all__ = [
     "QuarantineFilter",
     "letters_by_id",
+    "letters_with_ids",
     "list_letters",
     "show_letter",
     "stats",
@@ -26,7 +27,7 @@ __all__ = [
 
 _COLUMNS = (
     "id, reasons, messages, original, source, source_kind, source_id, line, status, "
-    "first_seen, last_seen"
+    "resolution, first_seen, last_seen"
 )
 
 
@@ -81,11 +82,15 @@ async def list_letters(
 
 
 async def show_letter(run: QueryRunner, database: str, letter_id: str) -> dict[str, Any] | None:
-    rows = await run(
-        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL WHERE id = {{id:String}}",
-        {"id": letter_id},
+    found = await letters_with_ids(run, database, [letter_id])
+    return found[0] if found else None
+
+
+async def letters_with_ids(run: QueryRunner, database: str, ids: list[str]) -> list[dict[str, Any]]:
+    return await run(
+        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL WHERE id IN {{ids:Array(String)}}",
+        {"ids": ids},
     )
-    return rows[0] if rows else None
 
 
 async def stats(run: QueryRunner, database: str, where: QuarantineFilter) -> dict[str, Any]:

@@ -51,6 +51,7 @@ TABLES: dict[str, str] = {
             original String,
             {_PROVENANCE},
             status LowCardinality(String),
+            resolution Map(String, String),
             first_seen DateTime64(3, 'UTC'),
             last_seen DateTime64(3, 'UTC'),
             written_at DateTime64(3, 'UTC') DEFAULT now64(3)

@@ -4,23 +4,34 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import getpass
 import json
 import logging
 import shutil
 import signal
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processors.discard import discard_message
 from processors.dry_run import DryRunReport, dry_run
 from processors.replay import ReplayOutcome, replay_quarantine
 from producers.publisher import KafkaPublisher
 from producers.readers import UnreadableFileError, sha256_of
 from sinks.accepted_orders import find_accepted
 from sinks.history import find_source
-from sinks.quarantine import QuarantineFilter, list_letters, show_letter, stats
+from sinks.quarantine import (
+    QuarantineFilter,
+    letters_with_ids,
+    list_letters,
+    show_letter,
+    stats,
+    statuses_since,
+)
 from tillstream.records import ReasonCode
 from tillstream.results import ResultError, ResultReader
 from tillstream.settings import ConfigError, Settings, load_settings
@@ -162,29 +173,35 @@ def _quarantine_filter(args: argparse.Namespace) -> QuarantineFilter:
     )
 
 
+@contextlib.asynccontextmanager
+async def _publisher(reader: ResultReader, settings: Settings) -> AsyncIterator[KafkaPublisher]:
+    """A publisher to the running pipeline's broker (or the configured one)."""
+    bootstrap = reader.kafka_bootstrap()
+    if not bootstrap:
+        raise ConfigError(
+            "invalid setting kafka.bootstrap_servers: this publishes to Kafka; "
+            "start `tillstream up` or set it"
+        )
+    publisher = KafkaPublisher(bootstrap, settings.kafka.client_id)
+    await publisher.start()
+    try:
+        yield publisher
+    finally:
+        await publisher.stop()
+
+
 def _quarantine_replay(settings: Settings, args: argparse.Namespace) -> int:
     async def replay() -> ReplayOutcome:
-        async with ResultReader(settings) as reader:
-            bootstrap = reader.kafka_bootstrap()
-            if not bootstrap:
-                raise ConfigError(
-                    "invalid setting kafka.bootstrap_servers: replay publishes to Kafka; "
-                    "start `tillstream up` or set it"
-                )
-            publisher = KafkaPublisher(bootstrap, settings.kafka.client_id)
-            await publisher.start()
-            try:
-                return await replay_quarantine(
-                    reader.query,
-                    reader.database_name,
-                    _quarantine_filter(args),
-                    publisher,
-                    Topics.from_config(settings.kafka).raw.name,
-                    settings.watch.chunk_rows,
-                    args.wait,
-                )
-            finally:
-                await publisher.stop()
+        async with ResultReader(settings) as reader, _publisher(reader, settings) as publisher:
+            return await replay_quarantine(
+                reader.query,
+                reader.database_name,
+                _quarantine_filter(args),
+                publisher,
+                Topics.from_config(settings.kafka).raw.name,
+                settings.watch.chunk_rows,
+                args.wait,
+            )
 
     outcome = asyncio.run(replay())
     if args.json:
@@ -201,9 +218,40 @@ def _quarantine_replay(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if outcome.complete else 1
 
 
+def _quarantine_discard(settings: Settings, args: argparse.Namespace) -> int:
+    async def discard() -> tuple[set[str], dict[str, str]]:
+        async with ResultReader(settings) as reader, _publisher(reader, settings) as publisher:
+            database = reader.database_name
+            letters = await letters_with_ids(reader.query, database, args.ids)
+            missing = set(args.ids) - {letter["id"] for letter in letters}
+            if missing:
+                return missing, {}
+            now = datetime.now(UTC)
+            await publisher.publish(
+                Topics.from_config(settings.kafka).dlq.name,
+                [discard_message(letter, args.by, args.why, now) for letter in letters],
+            )
+            deadline = time.monotonic() + args.wait
+            while True:
+                statuses = await statuses_since(reader.query, database, args.ids, now)
+                if len(statuses) == len(args.ids) or time.monotonic() >= deadline:
+                    return set(), statuses
+                await asyncio.sleep(0.2)
+
+    missing, statuses = asyncio.run(discard())
+    if missing:
+        print(f"tillstream: error: no quarantined row has id {sorted(missing)[0]}", file=sys.stderr)
+        return 1
+    discarded = sum(status == "discarded" for status in statuses.values())
+    print(f"discarded {discarded} of {len(args.ids)} rows (by {args.by}: {args.why})")
+    return 0 if discarded == len(args.ids) else 1
+
+
 def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     if args.action == "replay":
         return _quarantine_replay(settings, args)
+    if args.action == "discard":
+        return _quarantine_discard(settings, args)
 
     async def read() -> Any:
         async with ResultReader(settings) as reader:
@@ -390,6 +438,11 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--status", default=None, help=argparse.SUPPRESS)
     replay.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the outcome")
     replay.add_argument("--json", action="store_true")
+    discard = actions.add_parser("discard", help="drop quarantined rows on purpose")
+    discard.add_argument("ids", nargs="+", metavar="ID")
+    discard.add_argument("--why", required=True, help="the reason, kept with the rows")
+    discard.add_argument("--by", default=getpass.getuser(), help="who (default: you)")
+    discard.add_argument("--wait", type=float, default=60.0)
     show = actions.add_parser("show", help="one quarantined row in full")
     show.add_argument("id")
     show.add_argument("--json", action="store_true")

@@ -52,6 +52,18 @@ def test_quarantined_rows_can_be_counted_filtered_and_shown(
     )
     assert letter["status"] == "quarantined"
 
+    # Discarding two rows on purpose keeps who and why with them.
+    dropped = [row["id"] for row in prices[:2]]
+    subprocess.run(
+        pipeline.command("quarantine", "discard", *dropped, "--why", "test orders", "--by", "qa"),
+        check=True,
+        capture_output=True,
+    )
+    discarded = review(pipeline, "list", "--status", "discarded")
+    assert sorted(row["id"] for row in discarded) == sorted(dropped)
+    assert all(row["resolution"]["why"] == "test orders" for row in discarded)
+    assert all(row["resolution"]["by"] == "qa" for row in discarded)
+
     # With `up` stopped, the same commands read the database directly.
     assert pipeline.stop() == 0
     assert review(pipeline, "stats") == summary
