@@ -25,6 +25,7 @@ __all__ = [
     "SINK_CONSUMER_LAG",
     "END_TO_END_SECONDS",
     "COMPONENT_UP",
+    "NOTIFICATIONS",
     "RUNTIME_DEPENDENCY_UP",
     "WORKER_CONSUMER_LAG",
     "SINK_LAST_WRITE",
@@ -111,3 +112,9 @@ for _stage in ("clean", "dedupe"):
     WORKER_CHUNK_SECONDS.labels(_stage)
 for _reason in ReasonCode:
     WORKER_REJECTS.labels(str(_reason))
+
+NOTIFICATIONS = Counter(
+    "tillstream_notifier_notices_total",
+    "Notices by outcome (sent, retried, failed, dropped)",
+    ["outcome"],
+)

@@ -32,6 +32,7 @@ from sinks.schema import migrate
 from tillstream import metrics
 from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
 from tillstream.http_api import HttpApi, read_api_url
+from tillstream.notifications import Notifier, notices_for
 from tillstream.probes import DependencyProbe
 from tillstream.settings import ConfigError, Settings
 from tillstream.topics import Topics, ensure_topics
@@ -65,6 +66,12 @@ class _Stack:
                 log.exception("error while stopping")
 
 
+async def _cancel(task: asyncio.Task[Any]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class Runtime:
     def __init__(self, settings: Settings, components: frozenset[Component]) -> None:
         if settings.embedded_broker and components != ALL_COMPONENTS:
@@ -83,6 +90,7 @@ class Runtime:
         self._tasks: dict[Component, asyncio.Task[Any]] = {}
         self._app: faust.App | None = None
         self._ingestor: FileIngestor | None = None
+        self._notifier = Notifier(settings.notify)
         self._database: Database | None = None
         self._history: IngestionHistory | None = None
 
@@ -129,6 +137,8 @@ class Runtime:
         if self.components & {Component.WATCH, Component.SINK}:
             self._database = await self._open_database()
             self._history = IngestionHistory(self._database)
+            notifying = asyncio.create_task(self._notifier.run(), name="notifier")
+            self._stack.stops.append(lambda: _cancel(notifying))
 
         api = HttpApi(
             settings.metrics.host,
@@ -269,6 +279,13 @@ class Runtime:
     async def _sources_done(self, entries: list[HistoryEntry]) -> None:
         if self._ingestor is not None:
             self._ingestor.sources_done(entry.source_id for entry in entries)
+        for entry in entries:
+            self._tell(entry)
+
+    def _tell(self, entry: HistoryEntry) -> None:
+        threshold = self.settings.notify.quarantine_rate_threshold
+        for notice in notices_for(entry, threshold):
+            self._notifier.notify(notice)
 
     def _running(self, component: Component) -> bool:
         if component is Component.WORKER:

@@ -30,6 +30,7 @@ __all__ = [
     "SinkConfig",
     "WorkerConfig",
     "MetricsConfig",
+    "NotifyConfig",
     "Settings",
     "load_settings",
     "default_rules",
@@ -151,6 +152,24 @@ class SinkConfig(_Frozen):
     retry_max_seconds: float = Field(30.0, gt=0)
 
 
+class NotifyConfig(_Frozen):
+    """Where notices of finished and failed files go; nothing is sent when both are empty."""
+
+    webhook_url: SecretStr = SecretStr("")
+    """A Slack-compatible incoming webhook (its URL is a secret)."""
+    email_to: list[str] = []
+    email_from: str = "tillstream@localhost"
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(25, ge=1, le=65535)
+    smtp_starttls: bool = False
+    smtp_username: str = ""
+    smtp_password: SecretStr = SecretStr("")
+    quarantine_rate_threshold: float = Field(0.25, ge=0, le=1)
+    """A file whose rejected share is above this gets a `quarantine_rate` notice."""
+    attempts: int = Field(5, ge=1, le=100)
+    timeout_seconds: float = Field(10.0, gt=0, le=300)
+
+
 class MetricsConfig(_Frozen):
     host: str = "127.0.0.1"
     port: int = Field(9464, ge=0, le=65535)
@@ -173,6 +192,7 @@ class Settings(BaseSettings):
     worker: WorkerConfig = WorkerConfig()
     sink: SinkConfig = SinkConfig()
     metrics: MetricsConfig = MetricsConfig()
+    notify: NotifyConfig = NotifyConfig()
     cleaning: CleaningRules = Field(default_factory=default_rules)
 
     @field_validator("cleaning", mode="before")
