@@ -252,11 +252,11 @@ def clean_chunk(
                 [],
                 {},
                 now,
-                status=QuarantineStatus.REPLAYED,
+                status=QuarantineStatus(chunk.release_status),
             )
             for line in clean.index
         ]
-        if chunk.replay
+        if chunk.release_status
         else []
     )
     header = encode(

@@ -60,7 +60,7 @@ def plan_replay(letters: Iterable[dict[str, Any]], chunk_rows: int) -> ReplayPla
                     rows=[[original.get(column) for column in columns] for _, original in part],
                     lines=[line for line, _ in part],
                     seen_at=now,
-                    replay=True,
+                    release_status=str(QuarantineStatus.REPLAYED),
                 )
             )
     replayed = sum(len(chunk.rows) for chunk in chunks)

@@ -13,10 +13,12 @@ import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from processors.corrections import export_csv
 from processors.discard import discard_message
 from processors.dry_run import DryRunReport, dry_run
 from processors.replay import ReplayOutcome, replay_quarantine
@@ -26,13 +28,14 @@ from sinks.accepted_orders import find_accepted
 from sinks.history import find_source
 from sinks.quarantine import (
     QuarantineFilter,
+    letters_by_id,
     letters_with_ids,
     list_letters,
     show_letter,
     stats,
     statuses_since,
 )
-from tillstream.records import ReasonCode
+from tillstream.records import QuarantineStatus, ReasonCode
 from tillstream.results import ResultError, ResultReader
 from tillstream.settings import ConfigError, Settings, load_settings
 from tillstream.topics import Topics
@@ -247,7 +250,30 @@ def _quarantine_discard(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if discarded == len(args.ids) else 1
 
 
+def _quarantine_export(settings: Settings, args: argparse.Namespace) -> int:
+    async def read() -> list[dict[str, Any]]:
+        where = replace(_quarantine_filter(args), status=str(QuarantineStatus.QUARANTINED))
+        async with ResultReader(settings) as reader:
+            database = reader.database_name
+            return [
+                letter
+                async for page in letters_by_id(reader.query, database, where)
+                for letter in page
+            ]
+
+    letters = asyncio.run(read())
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(export_csv(letters), encoding="utf-8")
+    print(
+        f"wrote {len(letters)} quarantined rows to {args.out}; correct them and drop the file "
+        "into the inbox to resolve them"
+    )
+    return 0
+
+
 def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
+    if args.action == "export":
+        return _quarantine_export(settings, args)
     if args.action == "replay":
         return _quarantine_replay(settings, args)
     if args.action == "discard":
@@ -438,6 +464,13 @@ def _parser() -> argparse.ArgumentParser:
     replay.add_argument("--status", default=None, help=argparse.SUPPRESS)
     replay.add_argument("--wait", type=float, default=120.0, help="seconds to wait for the outcome")
     replay.add_argument("--json", action="store_true")
+    export = actions.add_parser("export", help="write quarantined rows to a CSV to correct")
+    export.add_argument("--out", type=Path, default=Path("quarantine-export.csv"))
+    export.add_argument("--reason", choices=[str(code) for code in ReasonCode])
+    export.add_argument("--source", help="part of a file name, or the start of its hash")
+    export.add_argument("--since", type=_utc_time, help="last seen at or after (ISO)")
+    export.add_argument("--until", type=_utc_time, help="last seen before (ISO)")
+    export.add_argument("--status", default=None, help=argparse.SUPPRESS)
     discard = actions.add_parser("discard", help="drop quarantined rows on purpose")
     discard.add_argument("ids", nargs="+", metavar="ID")
     discard.add_argument("--why", required=True, help="the reason, kept with the rows")

@@ -113,8 +113,9 @@ class RawChunk:
     unparseable: list[tuple[int, str]] = field(default_factory=list)
     seen_at: float = 0.0
     """Unix time the source was first seen, for end-to-end latency."""
-    replay: bool = False
-    """Quarantined rows sent again: the valid ones leave the quarantine as `replayed`."""
+    release_status: str | None = None
+    """Set when quarantined rows are sent again (`replayed`, or `resolved` for a hand
+    correction): the status the valid ones leave the quarantine with."""
 
     def to_json(self) -> bytes:
         return encode(
@@ -130,7 +131,7 @@ class RawChunk:
                 "lines": self.lines,
                 "unparseable": self.unparseable,
                 "seen_at": self.seen_at,
-                "replay": self.replay,
+                "release_status": self.release_status,
             }
         )
 
@@ -145,7 +146,7 @@ class RawChunk:
             lines=raw["lines"],
             unparseable=[(line, text) for line, text in raw["unparseable"]],
             seen_at=raw["seen_at"],
-            replay=raw.get("replay", False),
+            release_status=raw.get("release_status"),
         )
 
 
