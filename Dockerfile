@@ -15,6 +15,7 @@ COPY tillstream ./tillstream
 COPY producers ./producers
 COPY processors ./processors
 COPY sinks ./sinks
+COPY dashboards ./dashboards
 RUN /opt/tillstream/bin/pip install .
 
 

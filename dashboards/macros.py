@@ -29,6 +29,7 @@ __all__ = [
     "panel_sql",
     "parse_duration",
     "resolve_variables",
+    "variable_sql",
 ]
 
 
@@ -237,14 +238,20 @@ def resolve_variables(
         if variable.type == "constant":
             values[variable.name] = [variable.query]
             continue
-        if variable.type != "query":
-            raise ExpansionError(f"variable {variable.name} has unsupported type {variable.type}")
-        sql = expand_clickhouse(
-            expand_variables(variable.query, values), time_range, interval_seconds(time_range)
-        )
-        options = [str(row[0]) for row in run_sql(sql)]
+        options = [str(row[0]) for row in run_sql(variable_sql(variable, values, time_range))]
         values[variable.name] = options if pick is None else pick(variable, options)
     return values
+
+
+def variable_sql(
+    variable: Variable, values: Mapping[str, Sequence[str]], time_range: TimeRange
+) -> str:
+    """The SQL that lists a query variable's options, given the variables before it."""
+    if variable.type != "query":
+        raise ExpansionError(f"variable {variable.name} has unsupported type {variable.type}")
+    return expand_clickhouse(
+        expand_variables(variable.query, values), time_range, interval_seconds(time_range)
+    )
 
 
 def panel_sql(

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.cluster import ClusterMetadata
 
 from sinks.database import Database
 from tillstream import metrics
@@ -44,6 +45,8 @@ class DependencyProbe:
         self._admin: AIOKafkaAdminClient | None = None
         self._offsets: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+        self._cluster: ClusterMetadata | None = None
+        self._lag_error = ""
 
     async def start(self) -> None:
         await self.probe()
@@ -76,7 +79,13 @@ class DependencyProbe:
             clickhouse = await self._answers(self._clickhouse)
             metrics.RUNTIME_DEPENDENCY_UP.labels("clickhouse").set(int(clickhouse))
         if kafka and self._worker_group is not None:
-            await self._answers(self._worker_lag)
+            try:
+                await asyncio.wait_for(self._worker_lag(), TIMEOUT_SECONDS)
+                self._lag_error = ""
+            except Exception as exc:
+                if str(exc) != self._lag_error:  # once per distinct failure, not every 5 s
+                    log.warning("cannot measure the worker group's lag: %r", exc)
+                self._lag_error = str(exc)
 
     async def _answers(self, check: Callable[[], Awaitable[None]]) -> bool:
         try:
@@ -93,7 +102,7 @@ class DependencyProbe:
             )
             await client.bootstrap()
             self._client = client
-        await self._client.fetch_all_metadata()
+        self._cluster = await self._client.fetch_all_metadata()
 
     async def _clickhouse(self) -> None:
         assert self._database is not None  # noqa: S101 - only called with a database
@@ -108,13 +117,15 @@ class DependencyProbe:
             offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap_servers)
             await offsets.start()
             self._offsets = offsets
+        cluster = self._cluster
         partitions = [
             TopicPartition(topic, partition)
             for topic in self._worker_topics
-            for partition in sorted(self._offsets.partitions_for_topic(topic) or ())
+            for partition in sorted(
+                (cluster.partitions_for_topic(topic) if cluster is not None else None) or ()
+            )
         ]
         if not partitions:
-            await self._offsets.topics()  # refreshes metadata for the next round
             return
         committed = await self._admin.list_consumer_group_offsets(
             self._worker_group, partitions=partitions
