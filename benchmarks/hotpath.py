@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,8 +45,9 @@ _WAITING = (
     "EpollSelector.select (selectors.py)",
     "InotifyFD._check_inotify_fd (watchdog/observers/inotify_c.py)",
 )
-"""Leaf frames that block (queue, lock, select) yet py-spy sometimes samples as active."""
-WAITING = "(waiting: queue, lock or select)"
+"""Leaf frames that block (queue, lock, select) yet py-spy samples as active: left out,
+so shares are shares of the samples where a thread was working."""
+_OURS = ("processors/", "producers/", "sinks/", "tillstream/")
 
 
 @dataclass(frozen=True)
@@ -55,21 +57,36 @@ class Profile:
 
     @property
     def total(self) -> int:
-        return sum(self.stacks.values())
+        """Samples outside the waits: what every share is a share of."""
+        return sum(samples for _, samples in self.working())
 
     def self_time(self) -> Counter[str]:
         counts: Counter[str] = Counter()
         for stack, samples in self.stacks.items():
-            if len(stack) > 1:
-                counts[WAITING if stack[-1] in _WAITING else stack[-1]] += samples
+            if len(stack) > 1 and stack[-1] not in _WAITING:
+                counts[stack[-1]] += samples
         return counts
+
+    def working(self) -> Iterator[tuple[tuple[str, ...], int]]:
+        """Stacks that were not waiting."""
+        return ((s, n) for s, n in self.stacks.items() if len(s) > 1 and s[-1] not in _WAITING)
 
     def inclusive(self) -> Counter[str]:
         counts: Counter[str] = Counter()
-        for stack, samples in self.stacks.items():
+        for stack, samples in self.working():
             for frame in set(stack[1:]):
                 if not frame.endswith(_PLUMBING):
                     counts[frame] += samples
+        return counts
+
+    def entry_points(self) -> Counter[str]:
+        """Working time per outermost frame of our own code (else of any library):
+        which component of the process the CPU was working for."""
+        counts: Counter[str] = Counter()
+        for stack, samples in self.working():
+            frames = [f for f in stack[1:] if not f.endswith(_PLUMBING)]
+            ours = [f for f in frames if f.rpartition(" (")[2].startswith(_OURS)]
+            counts[(ours or frames or ["?"])[0]] += samples
         return counts
 
     def by_package(self) -> Counter[str]:
@@ -77,8 +94,7 @@ class Profile:
         counts: Counter[str] = Counter()
         for frame, samples in self.self_time().items():
             where = frame.rpartition(" (")[2].rstrip(")")
-            package = WAITING if frame == WAITING else where.split("/")[0].removesuffix(".py")
-            counts[package] += samples
+            counts[where.split("/")[0].removesuffix(".py")] += samples
         return counts
 
     def threads(self) -> list[tuple[str, int, int]]:
@@ -103,7 +119,7 @@ class Profile:
     def tables(
         self, top: int, seconds: float | None, rate: float
     ) -> list[tuple[str, list[str], list[list[str]]]]:
-        """(title, headers, rows) for self time, inclusive time, packages and threads."""
+        """(title, headers, rows) for self, inclusive, entry points, packages and threads."""
         total = self.total
 
         def share(count: int) -> str:
@@ -116,9 +132,14 @@ class Profile:
                 [[f, str(c), share(c)] for f, c in self.self_time().most_common(top)],
             ),
             (
-                "inclusive time (the function or what it called was on the CPU)",
+                "inclusive time, waits left out (the function or its callees were working)",
                 ["function", "samples", "share"],
                 [[f, str(c), share(c)] for f, c in self.inclusive().most_common(top)],
+            ),
+            (
+                "working time by entry point (outermost frame of our code)",
+                ["entry point", "samples", "share"],
+                [[f, str(c), share(c)] for f, c in self.entry_points().most_common(top)],
             ),
             (
                 "self time by package",
@@ -129,7 +150,7 @@ class Profile:
         busy = ["working, of wall time"] if seconds else []
         tables.append(
             (
-                "threads (working = sampled outside the waits above)",
+                "threads (working = sampled outside the waits)",
                 ["thread", "samples", "working", "share", *busy],
                 [
                     [name, str(count), str(work), share(work)]
@@ -153,7 +174,9 @@ def read_profile(path: Path) -> Profile:
 def markdown(profile: Profile, top: int, seconds: float | None, rate: float) -> str:
     parts = []
     for title, headers, rows in profile.tables(top, seconds, rate):
-        parts += [f"Profile, {title}:", "", markdown_table(headers, rows), ""]
+        # Code spans, or `<locals>` in a frame name would read as an HTML tag.
+        named = [[f"`{row[0]}`", *row[1:]] for row in rows]
+        parts += [f"Profile, {title}:", "", markdown_table(headers, named), ""]
     return "\n".join(parts).rstrip()
 
 
