@@ -31,8 +31,9 @@ __all__ = ["ClickHouseSink"]
 log = logging.getLogger(__name__)
 
 MAX_FETCH_BYTES = 16 * 2**20
-IDLE_RECONCILE_SECONDS = 0.5
-"""Sources whose reading ends after their last rows were written are found this often."""
+RECONCILE_SECONDS = 0.5
+"""How often finished sources are looked for: the accounting queries scan the tables,
+so not after every flush of a busy sink."""
 
 
 @dataclass
@@ -119,7 +120,7 @@ class ClickHouseSink:
                 ):
                     await self._flush(batch)
                     batch = _Batch()
-                if not fetched and time.monotonic() - self._reconciled >= IDLE_RECONCILE_SECONDS:
+                if not fetched and time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
                     await self._reconcile()
             if batch.next_offsets:
                 await self._flush(batch)
@@ -140,7 +141,8 @@ class ClickHouseSink:
                 metrics.SINK_LAST_WRITE.set_to_current_time()
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
-        await self._reconcile()
+        if time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
+            await self._reconcile()
         await self._record_lag()
 
     async def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
