@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,6 +38,20 @@ def assert_matches_truth(pipeline: Pipeline, source_id: str, truth: GroundTruth)
     assert rejects_by_reason(pipeline, source_id) == truth.rejected
     duplicates = pipeline.scalar(f"SELECT uniqExact(line) FROM tillstream.duplicates {where}")
     assert int(duplicates) == truth.duplicates
+
+
+def assert_file_ends_at_truth(
+    pipeline: Pipeline, name: str, truth: GroundTruth, timeout: float = 300
+) -> dict[str, Any]:
+    """Wait for the file to be done; its history and ClickHouse must equal the truth."""
+    row = pipeline.wait_for_status(name, "done", timeout=timeout)
+    assert (row["rows_read"], row["valid"], row["duplicates"]) == (
+        truth.rows,
+        truth.valid,
+        truth.duplicates,
+    )
+    assert_matches_truth(pipeline, row["source_id"], truth)
+    return row
 
 
 def test_a_file_written_in_pieces_lands_exactly_once_with_its_ground_truth(
