@@ -4,16 +4,24 @@ The file's identity is its content hash, so a file is processed once whatever
 its name. It moves to the archive only when the history says every row is
 accounted for in ClickHouse; until then it stays in the inbox, so a crash at
 any point means it is read again at start-up (and its rows replace themselves).
+
+What cannot be read (a link, a pipe, a file without read permission) is refused
+like an unreadable file: recorded as failed, under an id made from its name and
+inode since it has no content to hash, and moved (never its target) to failed/.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -31,15 +39,114 @@ log = logging.getLogger(__name__)
 
 DONE_POLL_SECONDS = 1.0
 MIN_RECOGNISED_COLUMNS = 2
+MAX_CHUNK_MESSAGE_BYTES = 2**20
+"""Apache Kafka's default `message.max.bytes`. A raw chunk, counted with its column
+names on every row (the cleaning stage's messages carry each row as a JSON object),
+stays under this, so what is made from it fits a broker left at its defaults:
+a larger chunk is split, and a single record larger than this fails the file."""
+ERROR_SUFFIX = ".error.txt"
 
 
 def _destination(folder: Path, path: Path, source_id: str) -> Path:
     """Keep the name; on a clash, add the content hash so nothing is overwritten."""
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / path.name
-    if target.exists():
-        target = folder / f"{path.stem}.{source_id[:12]}{path.suffix}"
+    if os.path.lexists(target):
+        target = folder / _fitting_name(folder, path.stem, f".{source_id[:12]}{path.suffix}")
     return target
+
+
+def _fitting_name(folder: Path, stem: str, suffix: str) -> str:
+    """`stem + suffix`, the stem shortened if the name would exceed the file system's limit."""
+    try:
+        limit = os.pathconf(folder, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        limit = 255
+    room = limit - len(os.fsencode(suffix))
+    encoded = os.fsencode(stem)
+    if len(encoded) > room:
+        stem = os.fsdecode(encoded[:room])
+    return stem + suffix
+
+
+def _display_name(path: Path) -> str:
+    """The path as text that can be stored and sent: bytes that are not UTF-8 as `\\xNN`."""
+    return os.fsencode(path).decode("utf-8", "backslashreplace")
+
+
+def _printable(text: str) -> str:
+    """For a log line: a newline in a file name must not start a line of its own."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _refused_id(path: Path) -> str:
+    """A stable id for an entry that cannot be hashed: a link, a pipe, an unreadable file."""
+    status = os.lstat(path)
+    identity = b"\0".join(
+        [b"refused", os.fsencode(path.name), b"%d" % status.st_ino, b"%d" % status.st_mtime_ns]
+    )
+    return hashlib.sha256(identity).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class _Part:
+    """Records of a chunk on their way to one `sales.raw` message."""
+
+    rows: list[list[str | None]]
+    lines: list[int]
+    unparseable: list[tuple[int, str]]
+
+    def pieces(self, count: int) -> list[_Part]:
+        """About `count` parts of as many records each, in line order."""
+        count = max(2, min(count, len(self)))
+        rows, bad = len(self.rows), len(self.unparseable)
+        parts = [
+            _Part(
+                self.rows[rows * i // count : rows * (i + 1) // count],
+                self.lines[rows * i // count : rows * (i + 1) // count],
+                self.unparseable[bad * i // count : bad * (i + 1) // count],
+            )
+            for i in range(count)
+        ]
+        return [part for part in parts if len(part)]
+
+    def first_line(self) -> int:
+        return min(self.lines[:1] + [line for line, _ in self.unparseable[:1]])
+
+    def __len__(self) -> int:
+        return len(self.rows) + len(self.unparseable)
+
+
+def _raw_messages(chunk: RowChunk, source: SourceRef, seq: int, seen_at: float) -> list[bytes]:
+    """The chunk as `sales.raw` values numbered from `seq`, split in line order until
+    each fits `MAX_CHUNK_MESSAGE_BYTES`; a single record that does not fails the file."""
+    names_bytes = len(json.dumps(chunk.columns, ensure_ascii=False).encode())
+    pending = [_Part(chunk.rows, chunk.lines, chunk.unparseable)]
+    values: list[bytes] = []
+    while pending:
+        part = pending.pop()
+        value = RawChunk(
+            source=source,
+            seq=seq + len(values),
+            columns=chunk.columns,
+            rows=part.rows,
+            lines=part.lines,
+            unparseable=part.unparseable,
+            seen_at=seen_at,
+        ).to_json()
+        size = len(value) + len(part.rows) * names_bytes
+        if size <= MAX_CHUNK_MESSAGE_BYTES:
+            values.append(value)
+        elif len(part) == 1:
+            raise UnreadableFileError(
+                f"record at line {part.first_line()} is too large: {size / 2**20:.1f} MiB as "
+                f"a message, the limit is {MAX_CHUNK_MESSAGE_BYTES / 2**20:.0f} MiB"
+            )
+        else:
+            pending += reversed(part.pieces(-(-size // MAX_CHUNK_MESSAGE_BYTES)))
+    return values
 
 
 class FileIngestor:
@@ -61,17 +168,22 @@ class FileIngestor:
     async def ingest(self, path: Path) -> SourceStatus | None:
         """Process one file; return its final status, or None if it vanished."""
         seen_at = datetime.now(UTC)
+        refusal: str | None = None
         try:
-            source_id = await asyncio.to_thread(sha256_of, path)
+            try:
+                source_id = await asyncio.to_thread(sha256_of, path)
+            except UnreadableFileError as exc:
+                refusal = str(exc)
+                source_id = _refused_id(path)
         except OSError as exc:
-            log.warning("cannot read %s: %s", path, exc)
+            log.warning("cannot read %s: %s", _printable(str(path)), exc)
             return None
         entry = await self._history.get(source_id)
         if entry is not None and entry.status is not SourceStatus.PROCESSING:
             log.info(
                 "file %s has the content of %s (%s); not processing it again",
-                path.name,
-                entry.source_name,
+                _printable(path.name),
+                _printable(entry.source_name),
                 entry.status,
             )
             folder = (
@@ -80,21 +192,30 @@ class FileIngestor:
             self._move(path, folder, source_id, entry.error or None)
             metrics.FILES.labels("already_seen").inc()
             return entry.status
-        source = SourceRef(kind="file", id=source_id, name=str(path))
+        source = SourceRef(kind="file", id=source_id, name=_display_name(path))
         if entry is None:
             entry = await self._history.start(source, seen_at)
         else:
-            log.info("resuming file %s id=%s after a restart", path.name, source_id[:12])
+            log.info(
+                "resuming file %s id=%s after a restart", _printable(path.name), source_id[:12]
+            )
         try:
+            if refusal is not None:
+                raise UnreadableFileError(refusal)
             rows = await self._publish(path, source, seen_at.timestamp())
         except UnreadableFileError as exc:
             await self._history.fail(entry, str(exc))
             self._move(path, self._config.failed, source_id, str(exc))
             metrics.FILES.labels("failed").inc()
-            log.warning("file failed name=%s id=%s reason=%s", path.name, source_id[:12], exc)
+            log.warning(
+                "file failed name=%s id=%s reason=%s",
+                _printable(path.name),
+                source_id[:12],
+                _printable(str(exc)),
+            )
             return SourceStatus.FAILED
         entry = await self._history.finish_reading(entry, rows)
-        log.info("file read name=%s id=%s rows=%d", path.name, source_id[:12], rows)
+        log.info("file read name=%s id=%s rows=%d", _printable(path.name), source_id[:12], rows)
         await self._wait_until_done(source_id)
         self._move(path, self._config.archive, source_id, None)
         metrics.FILES.labels("done").inc()
@@ -108,21 +229,12 @@ class FileIngestor:
         while (chunk := await asyncio.to_thread(_next_chunk, chunks)) is not None:
             if seq == 0:
                 self._check_header(chunk)
-            raw = RawChunk(
-                source=source,
-                seq=seq,
-                columns=chunk.columns,
-                rows=chunk.rows,
-                lines=chunk.lines,
-                unparseable=chunk.unparseable,
-                seen_at=seen_at,
-            )
-            await self._publisher.publish(
-                self._raw_topic, [Message(source.id.encode(), raw.to_json())]
-            )
-            seq += 1
+            values = await asyncio.to_thread(_raw_messages, chunk, source, seq, seen_at)
+            for value in values:
+                await self._publisher.publish(self._raw_topic, [Message(source.id.encode(), value)])
+                metrics.WATCHER_CHUNKS_PUBLISHED.inc()
+            seq += len(values)
             rows += len(chunk.rows) + len(chunk.unparseable)
-            metrics.WATCHER_CHUNKS_PUBLISHED.inc()
         metrics.WATCHER_ROWS_READ.inc(rows)
         return rows
 
@@ -158,15 +270,20 @@ class FileIngestor:
             self._done.pop(source_id, None)
 
     def _move(self, path: Path, folder: Path, source_id: str, error: str | None) -> None:
+        """Move the entry itself (a link stays a link); a failure's reason goes beside it."""
         try:
             target = _destination(folder, path, source_id)
             shutil.move(path, target)
-            if error is not None:
-                target.with_name(target.name + ".error.txt").write_text(
-                    error + "\n", encoding="utf-8"
-                )
         except OSError as exc:
-            log.error("cannot move %s to %s: %s; will retry", path, folder, exc)
+            log.error("cannot move %s to %s: %s; will retry", _printable(str(path)), folder, exc)
+            return
+        if error is None:
+            return
+        sidecar = folder / _fitting_name(folder, target.name, ERROR_SUFFIX)
+        try:
+            sidecar.write_text(error + "\n", encoding="utf-8")
+        except OSError as exc:
+            log.error("cannot write %s: %s", _printable(str(sidecar)), exc)
 
 
 def _next_chunk(chunks: Iterator[RowChunk]) -> RowChunk | None:

@@ -5,9 +5,14 @@ travels as the text received so cleaning sees what the sender wrote, and every
 record that cannot be split into the header's fields is handed on as
 `unparseable` with its line number, never dropped.
 
-Memory is bounded by `chunk_rows` and by `MAX_LINE_CHARS`, whatever the file size:
-text is decoded in blocks, CSV lines are cut from those blocks before the `csv`
-module sees them, and JSON arrays are scanned record by record.
+Memory is bounded by `chunk_rows`, `CHUNK_BYTES` and `MAX_LINE_CHARS`, whatever
+the file's size or shape: text is decoded in blocks, CSV lines are cut from those
+blocks before the `csv` module sees them, JSON arrays are scanned record by
+record, and a chunk of wide rows holds fewer of them.
+
+Only regular files are read: a symbolic link is never followed (it could point
+anywhere on the machine) and a named pipe or device is never opened for reading
+(it could block forever or never end).
 
 Some problems can only be found part-way through a file (a gzip bomb, a truncated
 gzip stream, a broken JSON array, an over-long line). Then `UnreadableFileError` is
@@ -19,12 +24,13 @@ from __future__ import annotations
 
 import codecs
 import csv
-import gzip
 import hashlib
 import io
 import itertools
 import json
+import os
 import re
+import stat
 import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -36,6 +42,8 @@ if TYPE_CHECKING:
     from _typeshed import WriteableBuffer
 
 __all__ = [
+    "CHUNK_BYTES",
+    "MAX_INFLATION",
     "MAX_LINE_CHARS",
     "FileFormat",
     "RowChunk",
@@ -47,6 +55,13 @@ __all__ = [
 
 MAX_LINE_CHARS = 16 * 2**20
 """Longest physical line, CSV field or JSON record read, in characters."""
+CHUNK_BYTES = 16 * 2**20
+"""A chunk ends once its rows, counted as JSON objects (names repeated on every row),
+reach about this size: rows of 10,000 columns make chunks of a few dozen rows, not
+thousands, so memory stays flat whatever a row's width."""
+MAX_INFLATION = 100
+"""gzip content may grow at most this many times its compressed size (sales CSV
+grows 4-5 times, a file of one row repeated about 350 times)."""
 
 _BLOCK = 2**20
 _SAMPLE_BYTES = 64 * 2**10
@@ -67,6 +82,22 @@ _JSON_NON_SPACE = re.compile(r"[^ \t\n\r]")
 _NDJSON_NEXT = re.compile(r"[ \t\r]*\n[ \t\n\r]*\{")
 _LOOKS_LIKE_VALUE = re.compile(r"[\s$€£+-]*\d[\d\s.,:/%+-]*")
 _TRUNCATION_SLACK = 8
+_INFLATION_FLOOR = 16 * 2**20
+"""Content below this size is never judged by its compression ratio."""
+_GZIP_WBITS = 16 + zlib.MAX_WBITS
+"""zlib reads one gzip member, header and trailer included."""
+_GZIP_READ = 64 * 2**10
+_UNLIMITED = 2**62
+_CELL_BYTES = 6
+"""Quotes, colon and comma around a name and its value in a JSON object."""
+_NOT_REGULAR = {
+    stat.S_IFLNK: "a symbolic link",
+    stat.S_IFIFO: "a named pipe",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a directory",
+}
 
 # Process-wide: the csv default (128 KiB) would reject legitimate long text fields.
 csv.field_size_limit(MAX_LINE_CHARS)
@@ -104,12 +135,67 @@ class FileFormat:
 
 
 def sha256_of(path: Path) -> str:
-    """Content hash as stored, so a re-dropped identical file is recognised as such."""
+    """Content hash as stored, so a re-dropped identical file is recognised as such.
+
+    Raises `UnreadableFileError` for anything but a readable regular file, and
+    OSError (FileNotFoundError) when the file is gone.
+    """
     digest = hashlib.sha256()
-    with path.open("rb") as stream:
+    with _open_regular(path) as stream:
         for block in iter(lambda: stream.read(_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def _open_regular(path: Path) -> BinaryIO:
+    """Open a regular file for reading without following a link or blocking on a pipe.
+
+    The type is checked on the opened descriptor, so swapping the file for a link
+    after a check cannot redirect the read.
+    """
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except PermissionError:
+        raise UnreadableFileError(
+            "cannot read the file: permission denied (check its owner and mode)"
+        ) from None
+    except OSError as exc:
+        kind = _entry_kind(path)
+        if kind is None:
+            raise
+        raise UnreadableFileError(_refusal(path, kind)) from exc
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnreadableFileError(
+                _refusal(path, _NOT_REGULAR.get(stat.S_IFMT(mode), "a special file"))
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _entry_kind(path: Path) -> str | None:
+    """What a path that would not open is, when it is not a regular file."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    return _NOT_REGULAR.get(stat.S_IFMT(mode), "a special file")
+
+
+def _refusal(path: Path, kind: str) -> str:
+    if kind != "a symbolic link":
+        return f"{kind}, not a regular file: refused"
+    try:
+        target = repr(os.readlink(path))
+    except OSError:
+        target = "an unknown target"
+    return f"{kind} (to {target}), not a regular file: refused, links are never followed"
 
 
 def sniff_format(path: Path) -> FileFormat:
@@ -124,8 +210,10 @@ def sniff_format(path: Path) -> FileFormat:
         raise UnreadableFileError("empty file")
     if sample.startswith(_UTF16_BOMS):
         raise UnreadableFileError("UTF-16/UTF-32 text is not supported, save the file as UTF-8")
-    if _is_binary(sample[:_BINARY_PROBE_BYTES]):
+    if _is_binary(sample):
         raise UnreadableFileError("binary content, not a text file")
+    if compressed and not complete:
+        _check_inflation(path)
     encoding = _detect_encoding(sample, complete)
     text = codecs.getincrementaldecoder(encoding)(_FALLBACK_ERRORS).decode(sample, complete)
     if not text.strip():
@@ -139,38 +227,58 @@ def sniff_format(path: Path) -> FileFormat:
 
 
 def read_chunks(
-    path: Path, chunk_rows: int, max_decompressed_bytes: int = 10 * 2**30
+    path: Path,
+    chunk_rows: int,
+    max_decompressed_bytes: int = 10 * 2**30,
+    chunk_bytes: int = CHUNK_BYTES,
 ) -> Iterator[RowChunk]:
     """Yield the file's records in chunks of at most `chunk_rows` rows plus unparseable.
 
     The format is sniffed now, so most unreadable files raise here rather than
     during iteration. A file with a header but no records yields no chunk. JSON
     columns are the keys of the first record; keys that only later records carry
-    are ignored, and keys a record lacks read as None.
+    are ignored, and keys a record lacks read as None. A chunk also ends once its
+    records reach `chunk_bytes` (see `CHUNK_BYTES`); a larger record is a chunk alone.
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
     fmt = sniff_format(path)
-    return _iter_chunks(path, fmt, chunk_rows, max_decompressed_bytes)
+    return _iter_chunks(path, fmt, _Budget(chunk_rows, chunk_bytes), max_decompressed_bytes)
+
+
+@dataclass(slots=True)
+class _Budget:
+    """When a chunk is full. `chars` counts the text read so far, block by block:
+    a chunk's text is what the count grew by (to within a block) while it filled."""
+
+    rows: int
+    bytes: int
+    chars: int = 0
+
+    def blocks(self, text: TextIO) -> Iterator[str]:
+        for block in iter(lambda: text.read(_BLOCK), ""):
+            self.chars += len(block)
+            yield block
 
 
 def _iter_chunks(
-    path: Path, fmt: FileFormat, chunk_rows: int, max_decompressed_bytes: int
+    path: Path, fmt: FileFormat, budget: _Budget, max_decompressed_bytes: int
 ) -> Iterator[RowChunk]:
     with _open_text(path, fmt, max_decompressed_bytes) as text:
+        blocks = budget.blocks(text)
         if fmt.kind == "csv":
-            yield from _csv_chunks(text, fmt.delimiter or _DELIMITERS[0], chunk_rows)
+            yield from _csv_chunks(blocks, fmt.delimiter or _DELIMITERS[0], budget)
         elif fmt.kind == "json":
-            yield from _json_chunks(_JsonArrayScanner(text).records(), chunk_rows)
+            yield from _json_chunks(_JsonArrayScanner(blocks).records(), budget)
         else:
-            yield from _json_chunks(_ndjson_records(text), chunk_rows)
+            yield from _json_chunks(_ndjson_records(blocks), budget)
 
 
 # --- bytes: sampling, compression, encoding ------------------------------------------
 
 
 def _suffix_and_compression(path: Path) -> tuple[str, bool]:
-    with path.open("rb") as stream:
+    with _open_regular(path) as stream:
         compressed = stream.read(2) == _GZIP_MAGIC
     suffixes = [s.lower() for s in path.suffixes]
     if suffixes and suffixes[-1] == ".gz":
@@ -186,23 +294,38 @@ def _suffix_and_compression(path: Path) -> tuple[str, bool]:
 
 def _read_sample(path: Path, compressed: bool) -> tuple[bytes, bool]:
     """The first bytes of content and whether they are the whole content."""
-    with path.open("rb") as raw:
+    with _open_regular(path) as raw:
         if not compressed:
             sample = raw.read(_SAMPLE_BYTES + 1)
         else:
-            try:
-                with gzip.GzipFile(fileobj=raw) as unzipped:
-                    sample = unzipped.read(_SAMPLE_BYTES + 1)
-            except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-                raise UnreadableFileError(f"invalid gzip: {_one_line(exc)}") from None
+            with _gzip_reader(raw, _UNLIMITED) as unzipped:
+                sample = unzipped.read(_SAMPLE_BYTES + 1)
     return sample[:_SAMPLE_BYTES], len(sample) <= _SAMPLE_BYTES
 
 
-def _is_binary(probe: bytes) -> bool:
-    if b"\x00" in probe:
+def _is_binary(sample: bytes) -> bool:
+    """A NUL anywhere in the sample (text never holds one), or many control bytes early.
+
+    Random bytes have no NUL in their first KiB one time in fifty, and about as
+    many control bytes as the share allows, so the probe alone is not enough.
+    """
+    if b"\x00" in sample:
         return True
+    probe = sample[:_BINARY_PROBE_BYTES]
     controls = sum(1 for byte in probe if byte < 0x20 and byte not in _TEXT_CONTROLS)
     return controls > _MAX_CONTROL_SHARE * len(probe)
+
+
+def _check_inflation(path: Path) -> None:
+    """Refuse a gzip bomb before any row of it is published.
+
+    Decompresses (and discards) a little more than `_INFLATION_FLOOR` bytes, so
+    that `_GzipContent` judges the compression ratio; reading judges it again later.
+    """
+    seen = 0
+    with _open_regular(path) as raw, _gzip_reader(raw, _UNLIMITED) as unzipped:
+        while seen <= _INFLATION_FLOOR and (block := unzipped.read(_BLOCK)):
+            seen += len(block)
 
 
 def _detect_encoding(sample: bytes, complete: bool) -> str:
@@ -238,52 +361,94 @@ def _cp1252_char(byte: int) -> str:
 codecs.register_error(_FALLBACK_ERRORS, _decode_as_cp1252)
 
 
-class _BoundedGzip(io.RawIOBase):
-    """Decompresses a gzip stream, refusing to produce more than `limit` bytes."""
+class _GzipContent(io.RawIOBase):
+    """The content of a gzip file, members one after another, decompressed with zlib.
+
+    Refuses to produce more than `limit` bytes, or, once past `_INFLATION_FLOOR`,
+    more than `MAX_INFLATION` times the compressed bytes consumed so far. zlib is
+    used directly because the ratio needs the bytes the inflater really took:
+    gzip.GzipFile reads ahead by `io.DEFAULT_BUFFER_SIZE`, which a library may
+    change (clickhouse-connect sets 256 KiB), and its count drifts with it.
+    zlib checks each member's CRC and length.
+    """
 
     def __init__(self, raw: BinaryIO, limit: int) -> None:
         super().__init__()
-        self._gzip = gzip.GzipFile(fileobj=raw)
+        self._raw = raw
         self._limit = limit
-        self._produced = 0
+        self._inflater = zlib.decompressobj(_GZIP_WBITS)
+        self._input = b""
+        self._in_member = False
+        self.consumed = 0
+        self.produced = 0
 
     def readable(self) -> bool:
         return True
 
     def readinto(self, buffer: WriteableBuffer) -> int:
         view = memoryview(buffer).cast("B")
-        wanted = min(len(view), self._limit + 1 - self._produced)
-        try:
-            data = self._gzip.read1(wanted)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise UnreadableFileError(f"invalid gzip: {_one_line(exc)}") from None
-        self._produced += len(data)
-        if self._produced > self._limit:
+        wanted = min(len(view), self._limit + 1 - self.produced)
+        while True:
+            if not self._input:
+                self._input = self._raw.read(_GZIP_READ)
+                if not self._input:
+                    if self._in_member:
+                        raise UnreadableFileError(
+                            "invalid gzip: the compressed data ends in the middle of a member"
+                        )
+                    return 0
+            if not self._in_member:
+                # Zero bytes may pad a gzip file between and after members.
+                unpadded = self._input.lstrip(b"\0")
+                self.consumed += len(self._input) - len(unpadded)
+                self._input = unpadded
+                if not unpadded:
+                    continue
+                self._inflater = zlib.decompressobj(_GZIP_WBITS)
+                self._in_member = True
+            try:
+                data = self._inflater.decompress(self._input, wanted)
+            except zlib.error as exc:
+                raise UnreadableFileError(f"invalid gzip: {_one_line(exc)}") from None
+            if self._inflater.eof:
+                rest = self._inflater.unused_data
+                self._in_member = False
+            else:
+                rest = self._inflater.unconsumed_tail
+            self.consumed += len(self._input) - len(rest)
+            self._input = rest
+            if data:
+                return self._deliver(view, data)
+
+    def _deliver(self, view: memoryview, data: bytes) -> int:
+        self.produced += len(data)
+        if self.produced > self._limit:
             raise UnreadableFileError(
                 f"decompressed content exceeds {self._limit} bytes (gzip bomb?), stopped reading"
+            )
+        if self.produced > _INFLATION_FLOOR and self.produced > MAX_INFLATION * self.consumed:
+            raise UnreadableFileError(
+                f"gzip content expands more than {MAX_INFLATION} times ({self.produced // 2**20}"
+                f" MiB from {-(-self.consumed // 2**10)} KiB) (gzip bomb?), stopped reading"
             )
         view[: len(data)] = data
         return len(data)
 
-    def close(self) -> None:
-        self._gzip.close()
-        super().close()
+
+def _gzip_reader(raw: BinaryIO, limit: int) -> io.BufferedReader:
+    return io.BufferedReader(_GzipContent(raw, limit), _BLOCK)
 
 
 @contextmanager
 def _open_text(path: Path, fmt: FileFormat, max_decompressed_bytes: int) -> Iterator[TextIO]:
-    with path.open("rb") as raw:
+    with _open_regular(path) as raw:
         binary: BinaryIO = raw
         if fmt.compressed:
-            binary = io.BufferedReader(_BoundedGzip(raw, max_decompressed_bytes), _BLOCK)
+            binary = _gzip_reader(raw, max_decompressed_bytes)
         with io.TextIOWrapper(
             binary, encoding=fmt.encoding, errors=_FALLBACK_ERRORS, newline=""
         ) as text:
             yield text
-
-
-def _text_blocks(text: TextIO) -> Iterator[str]:
-    return iter(lambda: text.read(_BLOCK), "")
 
 
 # --- delimited text ----------------------------------------------------------------
@@ -353,8 +518,8 @@ def _check_header(columns: list[str]) -> None:
         raise UnreadableFileError(f"no header: the first line looks like data ({shown})")
 
 
-def _csv_chunks(text: TextIO, delimiter: str, chunk_rows: int) -> Iterator[RowChunk]:
-    reader = csv.reader(_split_lines(_text_blocks(text)), delimiter=delimiter)
+def _csv_chunks(blocks: Iterator[str], delimiter: str, budget: _Budget) -> Iterator[RowChunk]:
+    reader = csv.reader(_split_lines(blocks), delimiter=delimiter)
     start = 1
     try:
         columns = next((r for r in reader if r), None)
@@ -362,23 +527,26 @@ def _csv_chunks(text: TextIO, delimiter: str, chunk_rows: int) -> Iterator[RowCh
             return
         _check_header(columns)
         width = len(columns)
+        names_bytes = _names_bytes(columns)
         rows: list[list[str]] = []
         lines: list[int] = []
         unparseable: list[tuple[int, str]] = []
         start = reader.line_num + 1
-        room = chunk_rows
+        room, names, since = budget.rows, 0, budget.chars
         for fields in reader:
             if len(fields) == width:
                 rows.append(fields)
                 lines.append(start)
                 room -= 1
+                names += names_bytes
             elif fields:
                 unparseable.append((start, delimiter.join(fields)))
                 room -= 1
             start = reader.line_num + 1
-            if not room:
+            if not room or names + budget.chars - since >= budget.bytes:
                 yield _text_chunk(columns, rows, lines, unparseable)
-                rows, lines, unparseable, room = [], [], [], chunk_rows
+                rows, lines, unparseable = [], [], []
+                room, names, since = budget.rows, 0, budget.chars
     except csv.Error as exc:
         if "field limit" in str(exc):
             raise UnreadableFileError(
@@ -387,6 +555,12 @@ def _csv_chunks(text: TextIO, delimiter: str, chunk_rows: int) -> Iterator[RowCh
         raise UnreadableFileError(f"record at line {start}: {_one_line(exc)}") from None
     if rows or unparseable:
         yield _text_chunk(columns, rows, lines, unparseable)
+
+
+def _names_bytes(columns: list[str]) -> int:
+    """What the names add to a row written as a JSON object (about: not escaped);
+    the values are counted in the text read."""
+    return sum(len(name) + _CELL_BYTES for name in columns)
 
 
 def _text_chunk(
@@ -433,8 +607,8 @@ def _json_kind(text: str, suffix: str) -> Literal["json", "ndjson"]:
 class _JsonArrayScanner:
     """Decodes the records of a JSON array one by one from a sliding text buffer."""
 
-    def __init__(self, text: TextIO) -> None:
-        self._text = text
+    def __init__(self, blocks: Iterator[str]) -> None:
+        self._blocks = blocks
         self._buffer = ""
         self._pos = 0
         self._eof = False
@@ -490,7 +664,7 @@ class _JsonArrayScanner:
             raise UnreadableFileError(
                 f"JSON record {number} is larger than {MAX_LINE_CHARS // 2**20} MiB"
             )
-        block = self._text.read(_BLOCK)
+        block = next(self._blocks, "")
         if not block:
             self._eof = True
             return False
@@ -510,8 +684,8 @@ class _JsonArrayScanner:
                 return ""
 
 
-def _ndjson_records(text: TextIO) -> Iterator[_Record]:
-    for number, line in enumerate(_split_lines(_text_blocks(text), universal=False), 1):
+def _ndjson_records(blocks: Iterator[str]) -> Iterator[_Record]:
+    for number, line in enumerate(_split_lines(blocks, universal=False), 1):
         if not line.strip():
             continue
         try:
@@ -522,7 +696,7 @@ def _ndjson_records(text: TextIO) -> Iterator[_Record]:
         yield number, value if isinstance(value, dict) else line.rstrip("\r\n")
 
 
-def _json_chunks(records: Iterator[_Record], chunk_rows: int) -> Iterator[RowChunk]:
+def _json_chunks(records: Iterator[_Record], budget: _Budget) -> Iterator[RowChunk]:
     first = next(records, None)
     if first is None:
         return
@@ -533,19 +707,23 @@ def _json_chunks(records: Iterator[_Record], chunk_rows: int) -> Iterator[RowChu
         )
     if not record:
         raise UnreadableFileError(f"record {number} has no fields; it must name the columns")
-    columns = list(record)
+    columns = [_utf8(key) for key in record]
+    keys = list(record)
+    names_bytes = _names_bytes(columns)
     rows: list[list[str | None]] = []
     lines: list[int] = []
     unparseable: list[tuple[int, str]] = []
+    since = budget.chars
     for number, record in itertools.chain([first], records):
         if isinstance(record, dict):
-            rows.append([_json_cell(record.get(key)) for key in columns])
+            rows.append([_json_cell(record.get(key)) for key in keys])
             lines.append(number)
         else:
             unparseable.append((number, record))
-        if len(rows) + len(unparseable) >= chunk_rows:
+        full = len(rows) * names_bytes + budget.chars - since >= budget.bytes
+        if full or len(rows) + len(unparseable) >= budget.rows:
             yield RowChunk(columns, rows, lines, unparseable)
-            rows, lines, unparseable = [], [], []
+            rows, lines, unparseable, since = [], [], [], budget.chars
     if rows or unparseable:
         yield RowChunk(columns, rows, lines, unparseable)
 
@@ -555,8 +733,20 @@ def _json_cell(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return str(value)
+        return _utf8(str(value))
     return _json_text(value)
+
+
+def _utf8(text: str) -> str:
+    """Text that can be sent: a lone surrogate from a JSON escape (`"\\ud800"`) cannot
+    be encoded as UTF-8, so it is kept as the escape the sender wrote."""
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
 
 
 class _Literal(str):
@@ -600,7 +790,7 @@ def _json_text(value: Any) -> str:
                 pending.append(member)
                 pending.append(_Literal(json.dumps(key, ensure_ascii=False) + ":"))
             pending.append(_OPEN_OBJECT)
-    return "".join(parts)
+    return _utf8("".join(parts))
 
 
 def _one_line(exc: BaseException) -> str:

@@ -4,6 +4,10 @@ watchdog reports changes as they happen; a file is ready once its size and
 mtime have not moved for `stable_seconds`. A periodic rescan backs up the
 events (they can be missed, and the folder itself can be deleted and made
 again), and picks up files already there at start-up.
+
+Entries are looked at, never through: a symbolic link or a named pipe is
+reported like a file (by its own size and mtime, not its target's) so the
+ingestor can refuse it and say why, rather than have it sit unexplained.
 """
 
 from __future__ import annotations
@@ -117,7 +121,7 @@ class FolderWatcher:
             return
         with os.scandir(self.inbox) as entries:
             for entry in entries:
-                if entry.is_file(follow_symlinks=False):
+                if not entry.is_dir(follow_symlinks=False):
                     self._note(Path(entry.path))
         if self._observer is not None and not self._observer.is_alive():
             self._stop_observer()
@@ -127,7 +131,7 @@ class FolderWatcher:
         if path.parent != self.inbox or path in self._claimed or not is_candidate(path):
             return
         try:
-            stat = path.stat()
+            stat = path.lstat()
         except OSError:
             self._pending.pop(path, None)
             return
