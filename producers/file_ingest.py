@@ -20,7 +20,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -157,12 +157,16 @@ class FileIngestor:
         publisher: KafkaPublisher,
         raw_topic: str,
         history: IngestionHistory,
+        on_finished: Callable[[HistoryEntry], None] | None = None,
     ) -> None:
+        """`on_finished` hears of each source this ingestor itself brings to its final
+        status (a failure); the sink tells of the files it finds done."""
         self._config = config
         self._rules = rules
         self._publisher = publisher
         self._raw_topic = raw_topic
         self._history = history
+        self._on_finished = on_finished
         self._done: dict[str, asyncio.Event] = {}
 
     async def ingest(self, path: Path) -> SourceStatus | None:
@@ -204,8 +208,10 @@ class FileIngestor:
                 raise UnreadableFileError(refusal)
             rows = await self._publish(path, source, seen_at.timestamp())
         except UnreadableFileError as exc:
-            await self._history.fail(entry, str(exc))
+            failed = await self._history.fail(entry, str(exc))
             self._move(path, self._config.failed, source_id, str(exc))
+            if self._on_finished is not None:
+                self._on_finished(failed)
             metrics.FILES.labels("failed").inc()
             log.warning(
                 "file failed name=%s id=%s reason=%s",

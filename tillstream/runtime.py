@@ -225,7 +225,12 @@ class Runtime:
         assert self._history is not None  # noqa: S101 - opened for WATCH above
         config = self.settings.watch
         ingestor = FileIngestor(
-            config, self.settings.cleaning, publisher, self.topics.raw.name, self._history
+            config,
+            self.settings.cleaning,
+            publisher,
+            self.topics.raw.name,
+            self._history,
+            on_finished=self._tell,
         )
         self._ingestor = ingestor
         watcher = FolderWatcher(config.inbox, config.stable_seconds)

@@ -1,4 +1,4 @@
-"""Notices of finished files reach a webhook and a mailbox; a dead notifier slows nothing."""
+"""Notices of done and failed files reach a webhook and a mailbox; a dead notifier slows nothing."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def receivers() -> Iterator[tuple[Inbox, str, int]]:
     web.shutdown()
 
 
-def test_done_and_high_quarantine_rate_are_posted_and_mailed(
+def test_done_failed_and_high_quarantine_rate_are_posted_and_mailed(
     make_pipeline: Callable[..., Pipeline],
     receivers: tuple[Inbox, str, int],
     tmp_path: Path,
@@ -77,18 +77,28 @@ def test_done_and_high_quarantine_rate_are_posted_and_mailed(
     truth = generate_sales(source, 2_000, seed=81, bad_fraction=0.2, order_id_prefix="N")
     pipeline.start()
     shutil.copy(source, pipeline.inbox / source.name)
+    (pipeline.inbox / "no-header.csv").write_text("colour,shape\nred,round\n", encoding="utf-8")
     pipeline.wait_for_status(source.name, "done")
+    failed = pipeline.wait_for_status("no-header.csv", "failed")
+    reason = "no recognisable header: columns 'colour', 'shape'"
+    assert failed["error"] == reason
 
-    pipeline.wait_for(lambda: len(inbox.posts) >= 2 and len(inbox.mails) >= 2, 30, "notices")
+    pipeline.wait_for(lambda: len(inbox.posts) >= 3 and len(inbox.mails) >= 3, 30, "notices")
     kinds = {post["kind"]: post["text"] for post in inbox.posts}
-    assert set(kinds) == {"file_done", "quarantine_rate"}
+    assert set(kinds) == {"file_done", "file_failed", "quarantine_rate"}
     rejected = sum(truth.rejected.values())
     assert f"{truth.rows} rows read: {truth.valid} valid, {rejected} rejected" in kinds["file_done"]
-    subjects = sorted(str(mail["Subject"]) for mail in inbox.mails)
-    assert subjects == [
+    assert (
+        kinds["file_failed"]
+        == f"*tillstream: no-header.csv failed*\n{failed['source_name']}: {reason}"
+    )
+    mails = {str(mail["Subject"]): mail.get_content().strip() for mail in inbox.mails}
+    assert sorted(mails) == [
         f"tillstream: {rejected / truth.rows:.0%} of noticed.csv quarantined",
+        "tillstream: no-header.csv failed",
         "tillstream: noticed.csv done",
     ]
+    assert mails["tillstream: no-header.csv failed"] == f"{failed['source_name']}: {reason}"
 
 
 def test_a_notifier_that_is_down_does_not_hold_up_ingestion(
