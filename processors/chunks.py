@@ -252,6 +252,7 @@ def clean_chunk(
                 [],
                 {},
                 now,
+                extra={"resolution": chunk.release_resolution or {}},
                 status=QuarantineStatus(chunk.release_status),
             )
             for line in clean.index

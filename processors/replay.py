@@ -23,7 +23,14 @@ from sinks.database import QueryRunner
 from sinks.quarantine import QuarantineFilter, landed, letters_by_id, statuses_since
 from tillstream.records import QuarantineStatus, RawChunk, SourceRef, dead_letter_id
 
-__all__ = ["ReplayOutcome", "ReplayPlan", "plan_replay", "replay_quarantine"]
+__all__ = [
+    "ReplayOutcome",
+    "ReplayPlan",
+    "plan_replay",
+    "publish_plan",
+    "replay_quarantine",
+    "wait_until_handled",
+]
 
 
 @dataclass(frozen=True)
@@ -34,8 +41,14 @@ class ReplayPlan:
     """Rows that could not be split into fields when received: nothing to clean again."""
 
 
-def plan_replay(letters: Iterable[dict[str, Any]], chunk_rows: int) -> ReplayPlan:
-    """Raw chunks of quarantined rows, grouped by source, in line order."""
+def plan_replay(
+    letters: Iterable[dict[str, Any]],
+    chunk_rows: int,
+    status: QuarantineStatus = QuarantineStatus.REPLAYED,
+    resolution: dict[str, str] | None = None,
+) -> ReplayPlan:
+    """Raw chunks of quarantined rows, grouped by source, in line order; the rows
+    valid now leave the quarantine with `status` (and `resolution`, if given)."""
     by_source: dict[tuple[str, str, str], list[tuple[int, dict[str, Any]]]] = {}
     not_replayable = 0
     for letter in letters:
@@ -60,7 +73,8 @@ def plan_replay(letters: Iterable[dict[str, Any]], chunk_rows: int) -> ReplayPla
                     rows=[[original.get(column) for column in columns] for _, original in part],
                     lines=[line for line, _ in part],
                     seen_at=now,
-                    release_status=str(QuarantineStatus.REPLAYED),
+                    release_status=str(status),
+                    release_resolution=resolution,
                 )
             )
     replayed = sum(len(chunk.rows) for chunk in chunks)
@@ -95,20 +109,44 @@ async def replay_quarantine(
     async for page in letters_by_id(run, database, pending):
         plan = plan_replay(page, chunk_rows)
         not_replayable += plan.not_replayable
-        for chunk in plan.chunks:
-            await publisher.publish(raw_topic, [Message(chunk.source.id.encode(), chunk.to_json())])
-            for line in chunk.lines:
-                sent[dead_letter_id(chunk.source.id, line)] = (chunk.source.id, line)
+        sent.update(await publish_plan(plan, publisher, raw_topic))
+    statuses, complete = await wait_until_handled(run, database, sent, started, wait_seconds)
+    counts = Counter(statuses.values())
+    return ReplayOutcome(len(sent), not_replayable, dict(counts), complete)
+
+
+async def publish_plan(
+    plan: ReplayPlan, publisher: KafkaPublisher, raw_topic: str
+) -> dict[str, tuple[str, int]]:
+    """Send the plan's chunks; return the quarantine id of each row sent, with its
+    source id and line."""
+    sent = {}
+    for chunk in plan.chunks:
+        await publisher.publish(raw_topic, [Message(chunk.source.id.encode(), chunk.to_json())])
+        for line in chunk.lines:
+            sent[dead_letter_id(chunk.source.id, line)] = (chunk.source.id, line)
+    return sent
+
+
+async def wait_until_handled(
+    run: QueryRunner,
+    database: str,
+    sent: dict[str, tuple[str, int]],
+    since: datetime,
+    wait_seconds: float,
+) -> tuple[dict[str, str], bool]:
+    """Until every sent row (quarantine id -> source id, line) is quarantined again or
+    released with its row in `sales` (or `duplicates`), or `wait_seconds` ran out.
+    Returns each row's status and whether all were handled."""
     deadline = time.monotonic() + wait_seconds
-    statuses: dict[str, str] = {}
     while True:
-        statuses = await statuses_since(run, database, list(sent), started)
+        statuses = await statuses_since(run, database, list(sent), since)
         released = {
-            sent[i] for i, status in statuses.items() if status == QuarantineStatus.REPLAYED
+            sent[i]
+            for i, status in statuses.items()
+            if status in (QuarantineStatus.REPLAYED, QuarantineStatus.RESOLVED)
         }
         complete = len(statuses) == len(sent) and await landed(run, database, released) == released
         if complete or time.monotonic() >= deadline:
-            break
+            return statuses, complete
         await asyncio.sleep(0.2)
-    counts = Counter(statuses.values())
-    return ReplayOutcome(len(sent), not_replayable, dict(counts), complete)

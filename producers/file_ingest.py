@@ -18,14 +18,17 @@ import hashlib
 import json
 import logging
 import os
+import pwd
 import shutil
 import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
+from processors.chunks import isoformat
 from processors.cleaning import map_columns
+from processors.corrections import CorrectionIntake, is_export
 from producers.publisher import KafkaPublisher, Message
 from producers.readers import RowChunk, UnreadableFileError, read_chunks, sha256_of
 from sinks.history import HistoryEntry, IngestionHistory, SourceStatus
@@ -158,15 +161,19 @@ class FileIngestor:
         raw_topic: str,
         history: IngestionHistory,
         on_finished: Callable[[HistoryEntry], None] | None = None,
+        corrections: CorrectionIntake | None = None,
     ) -> None:
         """`on_finished` hears of each source this ingestor itself brings to its final
-        status (a failure); the sink tells of the files it finds done."""
+        status (a failure, a corrected export); the sink tells of the files it finds
+        done. Without `corrections`, a corrected export fails rather than be taken for
+        new sales."""
         self._config = config
         self._rules = rules
         self._publisher = publisher
         self._raw_topic = raw_topic
         self._history = history
         self._on_finished = on_finished
+        self._corrections = corrections
         self._done: dict[str, asyncio.Event] = {}
 
     async def ingest(self, path: Path) -> SourceStatus | None:
@@ -206,12 +213,15 @@ class FileIngestor:
         try:
             if refusal is not None:
                 raise UnreadableFileError(refusal)
-            rows = await self._publish(path, source, seen_at.timestamp())
+            chunks = self._chunks(path)
+            first = await anext(chunks, None)
+            if first is not None and is_export(first.columns):
+                return await self._resolve(path, entry, _chained(first, chunks))
+            rows = await self._publish(source, _chained(first, chunks), seen_at.timestamp())
         except UnreadableFileError as exc:
             failed = await self._history.fail(entry, str(exc))
             self._move(path, self._config.failed, source_id, str(exc))
-            if self._on_finished is not None:
-                self._on_finished(failed)
+            self._finished(failed)
             metrics.FILES.labels("failed").inc()
             log.warning(
                 "file failed name=%s id=%s reason=%s",
@@ -227,12 +237,18 @@ class FileIngestor:
         metrics.FILES.labels("done").inc()
         return SourceStatus.DONE
 
-    async def _publish(self, path: Path, source: SourceRef, seen_at: float) -> int:
-        """Publish chunk by chunk; one chunk in memory at a time whatever the file size."""
+    async def _chunks(self, path: Path) -> AsyncIterator[RowChunk]:
+        """The file's chunks, read on a thread one at a time: flat memory whatever its size."""
         chunks = await asyncio.to_thread(read_chunks, path, self._config.chunk_rows)
+        while (chunk := await asyncio.to_thread(_next_chunk, chunks)) is not None:
+            yield chunk
+
+    async def _publish(
+        self, source: SourceRef, chunks: AsyncIterator[RowChunk], seen_at: float
+    ) -> int:
         rows = 0
         seq = 0
-        while (chunk := await asyncio.to_thread(_next_chunk, chunks)) is not None:
+        async for chunk in chunks:
             if seq == 0:
                 self._check_header(chunk)
             values = await asyncio.to_thread(_raw_messages, chunk, source, seq, seen_at)
@@ -243,6 +259,53 @@ class FileIngestor:
             rows += len(chunk.rows) + len(chunk.unparseable)
         metrics.WATCHER_ROWS_READ.inc(rows)
         return rows
+
+    async def _resolve(
+        self, path: Path, entry: HistoryEntry, chunks: AsyncIterator[RowChunk]
+    ) -> SourceStatus:
+        """A corrected quarantine export: its rows resolve the quarantined rows they name,
+        and the file is done once each is handled (see processors/corrections.py)."""
+        if self._corrections is None:
+            raise UnreadableFileError(
+                "a corrected quarantine export, but this process has no database to match its ids"
+            )
+        resolution = {
+            "by": _owner(path),
+            "why": f"corrected in {path.name}",
+            "at": isoformat(datetime.now(UTC)),
+            "file_id": entry.source_id,
+        }
+        outcome = await self._corrections.resolve(chunks, resolution)
+        done = await self._history.finish(
+            replace(
+                entry,
+                rows_read=outcome.rows,
+                valid=outcome.resolved,
+                rejected=outcome.rejected,
+                rejected_by_reason=dict(outcome.rejected_by_reason),
+                duplicates=outcome.unchanged,
+                error=outcome.note(),
+            )
+        )
+        log.info(
+            "corrections applied name=%s id=%s rows=%d resolved=%d still_quarantined=%d "
+            "unknown=%d unchanged=%d",
+            _printable(path.name),
+            entry.source_id[:12],
+            outcome.rows,
+            outcome.resolved,
+            outcome.rejected - len(outcome.unknown),
+            len(outcome.unknown),
+            outcome.unchanged,
+        )
+        self._move(path, self._config.archive, entry.source_id, None)
+        self._finished(done)
+        metrics.FILES.labels("done").inc()
+        return SourceStatus.DONE
+
+    def _finished(self, entry: HistoryEntry) -> None:
+        if self._on_finished is not None:
+            self._on_finished(entry)
 
     def _check_header(self, chunk: RowChunk) -> None:
         recognised = map_columns(chunk.columns, self._rules)
@@ -294,3 +357,22 @@ class FileIngestor:
 
 def _next_chunk(chunks: Iterator[RowChunk]) -> RowChunk | None:
     return next(chunks, None)
+
+
+async def _chained(
+    first: RowChunk | None, rest: AsyncIterator[RowChunk]
+) -> AsyncIterator[RowChunk]:
+    if first is None:
+        return
+    yield first
+    async for chunk in rest:
+        yield chunk
+
+
+def _owner(path: Path) -> str:
+    """Who owns the file: the person a hand correction is put down to."""
+    uid = path.lstat().st_uid
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid {uid}"

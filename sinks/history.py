@@ -125,6 +125,12 @@ class IngestionHistory:
         await self._write(entry)
         return entry
 
+    async def finish(self, entry: HistoryEntry) -> HistoryEntry:
+        """Done, with the counts given: for a source the ingestor accounts for itself."""
+        entry = replace(entry, status=SourceStatus.DONE, finished_at=datetime.now(UTC))
+        await self._write(entry)
+        return entry
+
     async def reconcile(self) -> list[HistoryEntry]:
         """Mark done every fully read source whose rows are all accounted for."""
         pending = await self._select("status = 'processing' AND rows_read IS NOT NULL", {}, 1000)

@@ -116,6 +116,8 @@ class RawChunk:
     release_status: str | None = None
     """Set when quarantined rows are sent again (`replayed`, or `resolved` for a hand
     correction): the status the valid ones leave the quarantine with."""
+    release_resolution: dict[str, str] | None = None
+    """Who released them, why and when, kept with each released row (a hand correction)."""
 
     def to_json(self) -> bytes:
         return encode(
@@ -132,6 +134,7 @@ class RawChunk:
                 "unparseable": self.unparseable,
                 "seen_at": self.seen_at,
                 "release_status": self.release_status,
+                "release_resolution": self.release_resolution,
             }
         )
 
@@ -147,6 +150,7 @@ class RawChunk:
             unparseable=[(line, text) for line, text in raw["unparseable"]],
             seen_at=raw["seen_at"],
             release_status=raw.get("release_status"),
+            release_resolution=raw.get("release_resolution"),
         )
 
 

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from processors.app import build_app
+from processors.corrections import CorrectionIntake
 from processors.state import restore_changelog
 from producers.file_ingest import FileIngestor
 from producers.publisher import KafkaPublisher
@@ -222,8 +223,15 @@ class Runtime:
         self._stack.stops.append(stop_sink)
 
     async def _start_watcher(self, publisher: KafkaPublisher) -> None:
-        assert self._history is not None  # noqa: S101 - opened for WATCH above
+        assert self._history is not None and self._database is not None  # noqa: S101 - opened for WATCH above
         config = self.settings.watch
+        corrections = CorrectionIntake(
+            self._database.records,
+            self._database.name,
+            publisher,
+            self.topics.raw.name,
+            config.chunk_rows,
+        )
         ingestor = FileIngestor(
             config,
             self.settings.cleaning,
@@ -231,6 +239,7 @@ class Runtime:
             self.topics.raw.name,
             self._history,
             on_finished=self._tell,
+            corrections=corrections,
         )
         self._ingestor = ingestor
         watcher = FolderWatcher(config.inbox, config.stable_seconds)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -67,3 +69,85 @@ def test_quarantined_rows_can_be_counted_filtered_and_shown(
     # With `up` stopped, the same commands read the database directly.
     assert pipeline.stop() == 0
     assert review(pipeline, "stats") == summary
+
+
+def quarantine_by_status(pipeline: Pipeline) -> dict[str, int]:
+    rows = pipeline.query("SELECT status, count() FROM tillstream.quarantine FINAL GROUP BY status")
+    return {status: int(count) for status, count in rows}
+
+
+def test_a_corrected_export_dropped_back_resolves_its_rows_once(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    rows = [f"OK-{n},2025-03-{n + 1:02d},Desk Lamp,1,$10.00,North" for n in range(10)]
+    rows += [f"PRICE-{n},2025-03-01,Desk Lamp,1,$abc,North" for n in range(3)]
+    rows += [f"ALIAS-{n},2025-03-02,,2,$5.00,South" for n in range(2)]
+    rows += ["KEEP-0,2025-03-03,Desk Lamp,1,free,East"]
+    pipeline.start()
+    (pipeline.inbox / "bad.csv").write_text(
+        "OrderID,Date,Product,Qty,Price,Region\n" + "\n".join(rows) + "\n", encoding="utf-8"
+    )
+    first = pipeline.wait_for_status("bad.csv", "done")
+    assert (first["valid"], first["rejected"]) == (10, 6)
+
+    export = tmp_path / "export.csv"
+    subprocess.run(
+        pipeline.command("quarantine", "export", "--out", str(export)),
+        check=True,
+        capture_output=True,
+    )
+    with export.open(newline="", encoding="utf-8") as stream:
+        records = list(csv.reader(stream))
+    header, body = records[0], records[1:]
+    assert header == ["quarantine_id", "OrderID", "Date", "Product", "Qty", "Price", "Region"]
+    assert len(body) == 6
+    for record in body:
+        if record[1].startswith("PRICE-"):
+            record[5] = "$12.50"
+        elif record[1].startswith("ALIAS-"):
+            record[3] = "smartfone x"
+    body.append(["0" * 24, "GHOST-1", "2025-03-04", "Desk Lamp", "1", "$1.00", "West"])
+    corrected = tmp_path / "corrected.csv"
+    with corrected.open("w", newline="", encoding="utf-8") as stream:
+        csv.writer(stream).writerows([header, *body])
+    shutil.copy(corrected, pipeline.inbox / corrected.name)
+
+    row = pipeline.wait_for_status("corrected.csv", "done")
+    assert (row["rows_read"], row["valid"], row["rejected"], row["duplicates"]) == (7, 5, 2, 0)
+    assert row["rejected_by_reason"] == {"invalid_price": 1, "unknown_quarantine_id": 1}
+    assert row["error"] == f"1 rows name no quarantined row, not ingested: line 8 ('{'0' * 24}')"
+    assert (pipeline.archive / "corrected.csv").exists()
+
+    def sales() -> list[list[Any]]:
+        return pipeline.query(
+            "SELECT order_id, product, toString(unit_price), count() FROM tillstream.sales "
+            "FINAL WHERE order_id NOT LIKE 'OK-%' GROUP BY order_id, product, unit_price "
+            "ORDER BY order_id"
+        )
+
+    fixed = [
+        ["ALIAS-0", "Smartphone X", "5", 1],
+        ["ALIAS-1", "Smartphone X", "5", 1],
+        ["PRICE-0", "Desk Lamp", "12.5", 1],
+        ["PRICE-1", "Desk Lamp", "12.5", 1],
+        ["PRICE-2", "Desk Lamp", "12.5", 1],
+    ]
+    assert sales() == fixed
+    assert int(pipeline.scalar("SELECT count() FROM tillstream.sales")) == 15
+    assert quarantine_by_status(pipeline) == {"resolved": 5, "quarantined": 1}
+    resolved = review(pipeline, "list", "--status", "resolved")
+    assert {r["resolution"]["why"] for r in resolved} == {"corrected in corrected.csv"}
+    assert {r["resolution"]["by"] for r in resolved} == {pwd.getpwuid(os.getuid()).pw_name}
+    assert {r["resolution"]["file_id"] for r in resolved} == {row["source_id"]}
+    assert {json.loads(r["original"])["OrderID"][:5] for r in resolved} == {"PRICE", "ALIAS"}
+
+    # Dropped again, byte for byte or saved anew (another content hash): nothing changes.
+    shutil.copy(corrected, pipeline.inbox / "again.csv")
+    resaved = corrected.read_text(encoding="utf-8").replace("\r\n", "\n")
+    (pipeline.inbox / "resaved.csv").write_text(resaved, encoding="utf-8")
+    again = pipeline.wait_for_status("resaved.csv", "done")
+    assert (again["valid"], again["rejected"], again["duplicates"]) == (0, 2, 5)
+    pipeline.wait_for(lambda: (pipeline.archive / "again.csv").exists(), 30, "again.csv archived")
+    assert sales() == fixed
+    assert int(pipeline.scalar("SELECT count() FROM tillstream.sales")) == 15
+    assert quarantine_by_status(pipeline) == {"resolved": 5, "quarantined": 1}
