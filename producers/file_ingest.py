@@ -175,6 +175,9 @@ class FileIngestor:
         self._on_finished = on_finished
         self._corrections = corrections
         self._done: dict[str, asyncio.Event] = {}
+        self._unmoved: dict[Path, int] = {}
+        """Files done or failed that could not leave the inbox yet: the watcher hands them
+        back at its next scan, and each try counts here."""
 
     async def ingest(self, path: Path) -> SourceStatus | None:
         """Process one file; return its final status, or None if it vanished."""
@@ -191,17 +194,18 @@ class FileIngestor:
             return None
         entry = await self._history.get(source_id)
         if entry is not None and entry.status is not SourceStatus.PROCESSING:
-            log.info(
-                "file %s has the content of %s (%s); not processing it again",
-                _printable(path.name),
-                _printable(entry.source_name),
-                entry.status,
-            )
-            folder = (
-                self._config.archive if entry.status is SourceStatus.DONE else self._config.failed
-            )
-            self._move(path, folder, source_id, entry.error or None)
-            metrics.FILES.labels("already_seen").inc()
+            if path not in self._unmoved:
+                log.info(
+                    "file %s has the content of %s (%s); not processing it again",
+                    _printable(path.name),
+                    _printable(entry.source_name),
+                    entry.status,
+                )
+                metrics.FILES.labels("already_seen").inc()
+            if entry.status is SourceStatus.DONE:
+                self._move(path, self._config.archive, source_id, None)
+            else:
+                self._move(path, self._config.failed, source_id, entry.error)
             return entry.status
         source = SourceRef(kind="file", id=source_id, name=_display_name(path))
         if entry is None:
@@ -339,13 +343,26 @@ class FileIngestor:
             self._done.pop(source_id, None)
 
     def _move(self, path: Path, folder: Path, source_id: str, error: str | None) -> None:
-        """Move the entry itself (a link stays a link); a failure's reason goes beside it."""
+        """Move the entry itself (a link stays a link); a failure's reason goes beside it.
+
+        A folder that cannot be written leaves the file in the inbox, said once in one
+        line; the watcher offers it again, and it is moved when the folder takes it."""
         try:
             target = _destination(folder, path, source_id)
             shutil.move(path, target)
         except OSError as exc:
-            log.error("cannot move %s to %s: %s; will retry", _printable(str(path)), folder, exc)
+            tries = self._unmoved.get(path, 0) + 1
+            self._unmoved[path] = tries
+            if tries == 1:
+                log.error(
+                    "cannot move %s to %s: %s; it stays in the inbox and is tried again",
+                    _printable(str(path)),
+                    folder,
+                    exc.strerror or exc,
+                )
             return
+        if (tries := self._unmoved.pop(path, 0)) > 0:
+            log.info("moved %s to %s after %d failed tries", _printable(path.name), folder, tries)
         if error is None:
             return
         sidecar = folder / _fitting_name(folder, target.name, ERROR_SUFFIX)

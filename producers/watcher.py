@@ -43,6 +43,14 @@ RESCAN_SECONDS = 2.0
 POLL_SECONDS = 0.1
 
 
+def _identity(folder: Path) -> tuple[int, int] | None:
+    try:
+        status = folder.stat()
+    except OSError:
+        return None
+    return status.st_dev, status.st_ino
+
+
 def is_candidate(path: Path) -> bool:
     """Temporary and hidden names are work in progress, never input."""
     name = path.name
@@ -74,6 +82,8 @@ class FolderWatcher:
         self._pending: dict[Path, tuple[int, int, float]] = {}
         self._claimed: set[Path] = set()
         self._observer: BaseObserver | None = None
+        self._watched: tuple[int, int] | None = None
+        """(device, inode) of the folder the observer watches: a recreated inbox is new."""
 
     def release(self, path: Path) -> None:
         """The file has left the inbox (or must be looked at again)."""
@@ -99,6 +109,7 @@ class FolderWatcher:
 
     def _start_observer(self) -> None:
         self.inbox.mkdir(parents=True, exist_ok=True)
+        self._watched = _identity(self.inbox)
         observer = Observer()
         observer.schedule(
             _Forward(asyncio.get_running_loop(), self._events), str(self.inbox), recursive=False
@@ -116,16 +127,24 @@ class FolderWatcher:
         """Catch what events missed; restart the observer if the inbox was recreated."""
         if not self.inbox.is_dir():
             log.warning("inbox %s is missing; creating it", self.inbox)
-            self._stop_observer()
-            self._start_observer()
+            self._restart_observer()
             return
-        with os.scandir(self.inbox) as entries:
-            for entry in entries:
-                if not entry.is_dir(follow_symlinks=False):
-                    self._note(Path(entry.path))
+        if _identity(self.inbox) != self._watched:
+            log.warning("inbox %s was replaced by a new folder; watching the new one", self.inbox)
+            self._restart_observer()
+        try:
+            with os.scandir(self.inbox) as entries:
+                found = [Path(e.path) for e in entries if not e.is_dir(follow_symlinks=False)]
+        except FileNotFoundError:
+            return
+        for path in found:
+            self._note(path)
         if self._observer is not None and not self._observer.is_alive():
-            self._stop_observer()
-            self._start_observer()
+            self._restart_observer()
+
+    def _restart_observer(self) -> None:
+        self._stop_observer()
+        self._start_observer()
 
     def _note(self, path: Path) -> None:
         if path.parent != self.inbox or path in self._claimed or not is_candidate(path):

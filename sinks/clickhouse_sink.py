@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,7 +19,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
 from aiokafka.structs import OffsetAndMetadata
 
-from sinks.database import Database, is_retryable
+from sinks.database import (
+    Database,
+    first_line,
+    is_refused_data,
+    is_retryable,
+    retry_while_unavailable,
+)
 from sinks.history import HistoryEntry, IngestionHistory
 from tillstream import metrics
 from tillstream.settings import SinkConfig
@@ -166,23 +171,19 @@ class ClickHouseSink:
                 delay = min(delay * 2, self._config.retry_max_seconds)
 
     async def _write_with_retry(self, table: str, values: list[bytes]) -> None:
-        """Retry connection trouble forever with capped, jittered backoff: that is the
-        backpressure, as nothing more is consumed meanwhile."""
-        delay = 0.1
-        while True:
-            try:
-                await self._write_isolating(table, values)
-                return
-            except Exception as exc:
-                if not is_retryable(exc):
-                    raise
-                metrics.SINK_ERRORS.labels("connection").inc()
-                metrics.SINK_RETRIES.inc()
-                log.warning(
-                    "ClickHouse write to %s failed (%s); retrying in %.1fs", table, exc, delay
-                )
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
-                delay = min(delay * 2, self._config.retry_max_seconds)
+        """Retry connection and storage trouble forever: that is the backpressure, as
+        nothing more is consumed meanwhile."""
+
+        def count(_: BaseException) -> None:
+            metrics.SINK_ERRORS.labels("connection").inc()
+            metrics.SINK_RETRIES.inc()
+
+        await retry_while_unavailable(
+            lambda: self._write_isolating(table, values),
+            f"ClickHouse write to {table}",
+            self._config.retry_max_seconds,
+            count,
+        )
 
     async def _write_isolating(self, table: str, values: list[bytes]) -> None:
         """Write a batch; if ClickHouse refuses its content, split it until the
@@ -190,11 +191,13 @@ class ClickHouseSink:
         try:
             await self._db.insert_json_rows(table, b"\n".join(values), dedup_token(table, values))
         except Exception as exc:
-            if is_retryable(exc):
+            if not is_refused_data(exc):
                 raise
             metrics.SINK_ERRORS.labels("data").inc()
             if len(values) == 1:
-                log.error("message refused by table %s: %s: %r", table, exc, values[0][:500])
+                log.error(
+                    "message refused by table %s: %s: %r", table, first_line(exc), values[0][:500]
+                )
                 return
             middle = len(values) // 2
             await self._write_isolating(table, values[:middle])
@@ -209,7 +212,7 @@ class ClickHouseSink:
             if not is_retryable(exc):
                 raise
             metrics.SINK_ERRORS.labels("connection").inc()
-            log.warning("ingestion history not updated (%s); will retry", exc)
+            log.warning("ingestion history not updated (%s); will retry", first_line(exc))
             return
         now = time.time()
         for entry in done:

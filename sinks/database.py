@@ -8,6 +8,9 @@ The same code serves a ClickHouse server (`http://`) and chDB (`chdb://`).
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
+import re
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,11 +19,22 @@ from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import OperationalError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
 from tillstream.settings import ClickHouseConfig
 
-__all__ = ["Database", "DatabaseUnavailableError", "QueryRunner", "is_retryable"]
+__all__ = [
+    "Database",
+    "DatabaseUnavailableError",
+    "QueryRunner",
+    "error_code",
+    "first_line",
+    "is_refused_data",
+    "is_retryable",
+    "retry_while_unavailable",
+]
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -35,9 +49,65 @@ class DatabaseUnavailableError(Exception):
     """ClickHouse could not be reached; worth retrying later."""
 
 
+_REFUSED_DATA_CODES = frozenset({6, 26, 27, 38, 41, 53, 69, 70, 72, 117, 131, 349, 407, 691})
+"""ClickHouse error codes that mean "this data cannot go in": CANNOT_PARSE_*,
+TYPE_MISMATCH, ARGUMENT_OUT_OF_BOUND, CANNOT_CONVERT_TYPE, INCORRECT_DATA,
+TOO_LARGE_STRING_SIZE, CANNOT_INSERT_NULL_IN_ORDINARY_COLUMN, DECIMAL_OVERFLOW,
+UNKNOWN_ELEMENT_OF_ENUM."""
+_BAD_SQL_CODES = frozenset({16, 36, 43, 46, 47, 60, 62, 81})
+"""NO_SUCH_COLUMN_IN_TABLE, BAD_ARGUMENTS, ILLEGAL_TYPE_OF_ARGUMENT, UNKNOWN_FUNCTION,
+UNKNOWN_IDENTIFIER, UNKNOWN_TABLE, SYNTAX_ERROR, UNKNOWN_DATABASE: a bug, not an outage."""
+_CODE = re.compile(r"Code: (\d+)\.")
+
+
+def error_code(exc: BaseException) -> int | None:
+    """The ClickHouse error code an exception carries, from a server or from chDB."""
+    found = _CODE.search(str(exc))
+    return int(found[1]) if found else None
+
+
+def is_refused_data(exc: BaseException) -> bool:
+    """ClickHouse refused the content of an insert: splitting the batch finds the culprit."""
+    return isinstance(exc, DatabaseError) and error_code(exc) in _REFUSED_DATA_CODES
+
+
 def is_retryable(exc: BaseException) -> bool:
-    """Connection trouble is retried; bad SQL or bad data is not."""
-    return isinstance(exc, OperationalError | DatabaseUnavailableError | OSError)
+    """Connection and storage trouble is retried: an unreachable server, and equally a
+    chDB whose files cannot be written (a full or read-only disk, code 1001 and the
+    like). Bad data and bad SQL are not."""
+    if isinstance(exc, OperationalError | DatabaseUnavailableError | OSError):
+        return True
+    if isinstance(exc, ProgrammingError) or not isinstance(exc, DatabaseError):
+        return False
+    return error_code(exc) not in _REFUSED_DATA_CODES | _BAD_SQL_CODES
+
+
+def first_line(exc: BaseException) -> str:
+    """An error for a log line: chDB's messages run over several lines."""
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+async def retry_while_unavailable(
+    work: Callable[[], Awaitable[T]],
+    what: str,
+    max_delay: float,
+    on_retry: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run `work` until it succeeds, waiting out retryable errors with capped, jittered
+    backoff; anything else is raised. The caller waiting is the backpressure."""
+    delay = 0.1
+    while True:
+        try:
+            return await work()
+        except Exception as exc:
+            if not is_retryable(exc):
+                raise
+            if on_retry is not None:
+                on_retry(exc)
+            log.warning("%s failed (%s); retrying in %.1fs", what, first_line(exc), delay)
+            await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
+            delay = min(delay * 2, max_delay)
 
 
 class Database:

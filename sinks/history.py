@@ -13,10 +13,13 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sinks.database import Database, QueryRunner
+from sinks.database import Database, QueryRunner, retry_while_unavailable
 from tillstream.records import SourceRef
 
 __all__ = ["SourceStatus", "HistoryEntry", "IngestionHistory", "find_source"]
+
+WRITE_RETRY_MAX_SECONDS = 5.0
+"""History rows are small: once ClickHouse is back, they should follow within seconds."""
 
 
 class SourceStatus(StrEnum):
@@ -73,6 +76,15 @@ class IngestionHistory:
         names = list(row)
         await self._db.run(lambda client: client.insert(self._table, [list(row.values())], names))
 
+    async def _save(self, entry: HistoryEntry) -> None:
+        """A write of the ingestor's, which cannot go on without it: waits out an
+        unavailable ClickHouse (a versioned row may then be written twice)."""
+        await retry_while_unavailable(
+            lambda: self._write(entry),
+            f"ingestion history write for {entry.source_id[:12]}",
+            WRITE_RETRY_MAX_SECONDS,
+        )
+
     async def _select(
         self, where: str, parameters: dict[str, Any], limit: int
     ) -> list[HistoryEntry]:
@@ -110,25 +122,25 @@ class IngestionHistory:
             status=SourceStatus.PROCESSING,
             seen_at=seen_at,
         )
-        await self._write(entry)
+        await self._save(entry)
         return entry
 
     async def finish_reading(self, entry: HistoryEntry, rows_read: int) -> HistoryEntry:
         entry = replace(entry, rows_read=rows_read)
-        await self._write(entry)
+        await self._save(entry)
         return entry
 
     async def fail(self, entry: HistoryEntry, error: str) -> HistoryEntry:
         entry = replace(
             entry, status=SourceStatus.FAILED, error=error, finished_at=datetime.now(UTC)
         )
-        await self._write(entry)
+        await self._save(entry)
         return entry
 
     async def finish(self, entry: HistoryEntry) -> HistoryEntry:
         """Done, with the counts given: for a source the ingestor accounts for itself."""
         entry = replace(entry, status=SourceStatus.DONE, finished_at=datetime.now(UTC))
-        await self._write(entry)
+        await self._save(entry)
         return entry
 
     async def reconcile(self) -> list[HistoryEntry]:

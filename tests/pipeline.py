@@ -101,6 +101,11 @@ class TillstreamProcess:
                 total += float(match[2])
         return total
 
+    def rss_bytes(self) -> int:
+        """Resident memory of the process now (Linux)."""
+        status = Path(f"/proc/{self._require_process().pid}/status").read_text()
+        return int(re.search(r"^VmRSS:\s+(\d+) kB", status, re.MULTILINE)[1]) * 1024  # type: ignore[index]
+
     def stop(self, timeout: float = 60) -> int:
         """Ctrl-C, as a user would; returns the exit code."""
         process = self._require_process()
