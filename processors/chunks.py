@@ -88,13 +88,20 @@ def _iso_milliseconds(moments: pd.Series) -> pd.Series:
 
 
 def _unique_columns(columns: list[str]) -> list[str]:
-    """A header may repeat a name; pandas needs them distinct, the first keeps its name."""
-    seen: dict[str, int] = {}
+    """A header may repeat a name; pandas needs them distinct. The first keeps its name,
+    a repeat gets the first `name.N` that no header has and no repeat was given."""
+    taken = set(columns)
+    seen: set[str] = set()
     unique = []
     for name in columns:
-        count = seen.get(name, 0)
-        seen[name] = count + 1
-        unique.append(name if count == 0 else f"{name}.{count}")
+        distinct = name
+        count = 0
+        while distinct in seen or (count and distinct in taken):
+            count += 1
+            distinct = f"{name}.{count}"
+        taken.add(distinct)
+        seen.add(distinct)
+        unique.append(distinct)
     return unique
 
 

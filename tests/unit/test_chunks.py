@@ -3,10 +3,11 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.chunks import clean_chunk, decode_validated
+from processors.chunks import _unique_columns, clean_chunk, decode_validated
 from producers.publisher import partition_for
 from tillstream.records import CLEAN_FIELDS, RawChunk, SourceRef, dead_letter_id
 from tillstream.settings import default_rules
@@ -92,3 +93,18 @@ def test_rejected_and_unparseable_rows_become_dead_letters_with_the_row_as_recei
         "unparseable_row": 1,
     }
     assert cleaned.valid_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("header", "unique"),
+    [
+        (["a", "a", "a"], ["a", "a.1", "a.2"]),
+        (["a", "a", "a.1"], ["a", "a.2", "a.1"]),
+        (["a.1", "a", "a"], ["a.1", "a", "a.2"]),
+        (["a", "a.1", "a", "a.1"], ["a", "a.1", "a.2", "a.1.1"]),
+    ],
+)
+def test_repeated_header_names_become_names_no_header_has(
+    header: list[str], unique: list[str]
+) -> None:
+    assert _unique_columns(header) == unique

@@ -22,7 +22,6 @@ import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
 
@@ -278,11 +277,6 @@ def _kept_every_value(chunk: RawChunk, partitions: int) -> None:
 REPEATED = RawChunk(SOURCE, 0, ["a", "a", "a.1"], [["x", "y", "z"]], [2], [], NOW.timestamp())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="processors/chunks.py `_unique_columns` renames the second 'a' to 'a.1', which the "
-    "file's own third header already is, so the row as received loses a value",
-)
 @FUZZ
 @example(chunk=REPEATED, partitions=1)
 @given(chunk=raw_chunks(), partitions=st.integers(1, 8))
