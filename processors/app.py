@@ -17,6 +17,7 @@ import faust
 
 from processors.chunks import clean_chunk, decode_validated
 from processors.dedupe import dedupe
+from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
 from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher
 from tillstream import metrics
@@ -71,11 +72,11 @@ def build_app(
         async for value in stream:
             started = time.perf_counter()
             chunk = RawChunk.from_json(value)
-            cleaned = clean_chunk(chunk, rules, partitions, datetime.now(UTC))
-            await publisher.publish(
-                topics.dlq.name, [*cleaned.dead_letters, *cleaned.released], _HEADERS
+            now = datetime.now(UTC)
+            cleaned = clean_chunk(chunk, rules, partitions, now)
+            await publish_cleaned(
+                publisher, topics.dlq.name, topics.validated.name, cleaned, _HEADERS, now
             )
-            await publisher.publish(topics.validated.name, cleaned.validated)
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
             metrics.WORKER_ROWS.labels("clean", "rejected").inc(rejected)
@@ -91,7 +92,9 @@ def build_app(
             output = dedupe(source, sales, seen, datetime.now(UTC))
             await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
             await publisher.publish(topics.clean.name, output.clean, _HEADERS)
-            await publisher.publish(topics.dlq.name, output.dead_letters, _HEADERS)
+            await publish_fitting(
+                publisher, topics.dlq.name, output.dead_letters, _HEADERS, shrink_dead_letter
+            )
             await publisher.publish(topics.duplicates.name, output.duplicates, _HEADERS)
             metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(output.clean))
             metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(output.dead_letters))

@@ -44,7 +44,14 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
     seen: dict[str, SeenEntry] = {}
     now = datetime.now(UTC)
     partitions = settings.kafka.partitions
-    for seq, chunk in enumerate(read_chunks(path, settings.watch.chunk_rows)):
+    watch = settings.watch
+    chunks = read_chunks(
+        path,
+        watch.chunk_rows,
+        max_decompressed_bytes=watch.max_decompressed_bytes,
+        max_inflation=watch.max_inflation,
+    )
+    for seq, chunk in enumerate(chunks):
         raw = RawChunk(source, seq, chunk.columns, chunk.rows, chunk.lines, chunk.unparseable)
         cleaned = clean_chunk(raw, settings.cleaning, partitions, now)
         report.rows += len(chunk.rows) + len(chunk.unparseable)

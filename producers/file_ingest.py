@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -243,7 +244,16 @@ class FileIngestor:
 
     async def _chunks(self, path: Path) -> AsyncIterator[RowChunk]:
         """The file's chunks, read on a thread one at a time: flat memory whatever its size."""
-        chunks = await asyncio.to_thread(read_chunks, path, self._config.chunk_rows)
+        config = self._config
+        chunks = await asyncio.to_thread(
+            functools.partial(
+                read_chunks,
+                path,
+                config.chunk_rows,
+                max_decompressed_bytes=config.max_decompressed_bytes,
+                max_inflation=config.max_inflation,
+            )
+        )
         while (chunk := await asyncio.to_thread(_next_chunk, chunks)) is not None:
             yield chunk
 

@@ -43,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CHUNK_BYTES",
+    "MAX_DECOMPRESSED_BYTES",
     "MAX_INFLATION",
     "MAX_LINE_CHARS",
     "FileFormat",
@@ -61,7 +62,9 @@ reach about this size: rows of 10,000 columns make chunks of a few dozen rows, n
 thousands, so memory stays flat whatever a row's width."""
 MAX_INFLATION = 100
 """gzip content may grow at most this many times its compressed size (sales CSV
-grows 4-5 times, a file of one row repeated about 350 times)."""
+grows 4-5 times, a file of one row repeated about 350 times); `watch.max_inflation`."""
+MAX_DECOMPRESSED_BYTES = 10 * 2**30
+"""gzip content larger than this is refused; `watch.max_decompressed_bytes`."""
 
 _BLOCK = 2**20
 _SAMPLE_BYTES = 64 * 2**10
@@ -198,11 +201,11 @@ def _refusal(path: Path, kind: str) -> str:
     return f"{kind} (to {target}), not a regular file: refused, links are never followed"
 
 
-def sniff_format(path: Path) -> FileFormat:
+def sniff_format(path: Path, max_inflation: int = MAX_INFLATION) -> FileFormat:
     """Decide kind, encoding, delimiter and compression from the name and a prefix.
 
     Also rejects what is plainly not a sales file (binary, empty, no header, a JSON
-    object) so the caller fails fast, before any row is published.
+    object, a gzip bomb) so the caller fails fast, before any row is published.
     """
     suffix, compressed = _suffix_and_compression(path)
     sample, complete = _read_sample(path, compressed)
@@ -213,7 +216,7 @@ def sniff_format(path: Path) -> FileFormat:
     if _is_binary(sample):
         raise UnreadableFileError("binary content, not a text file")
     if compressed and not complete:
-        _check_inflation(path)
+        _check_inflation(path, max_inflation)
     encoding = _detect_encoding(sample, complete)
     text = codecs.getincrementaldecoder(encoding)(_FALLBACK_ERRORS).decode(sample, complete)
     if not text.strip():
@@ -229,8 +232,9 @@ def sniff_format(path: Path) -> FileFormat:
 def read_chunks(
     path: Path,
     chunk_rows: int,
-    max_decompressed_bytes: int = 10 * 2**30,
+    max_decompressed_bytes: int = MAX_DECOMPRESSED_BYTES,
     chunk_bytes: int = CHUNK_BYTES,
+    max_inflation: int = MAX_INFLATION,
 ) -> Iterator[RowChunk]:
     """Yield the file's records in chunks of at most `chunk_rows` rows plus unparseable.
 
@@ -239,11 +243,15 @@ def read_chunks(
     columns are the keys of the first record; keys that only later records carry
     are ignored, and keys a record lacks read as None. A chunk also ends once its
     records reach `chunk_bytes` (see `CHUNK_BYTES`); a larger record is a chunk alone.
+    gzip content is refused past `max_decompressed_bytes`, or once it has grown more
+    than `max_inflation` times its compressed size (settings `watch.max_*`).
     """
     if chunk_rows < 1:
         raise ValueError(f"chunk_rows must be at least 1, got {chunk_rows}")
-    fmt = sniff_format(path)
-    return _iter_chunks(path, fmt, _Budget(chunk_rows, chunk_bytes), max_decompressed_bytes)
+    fmt = sniff_format(path, max_inflation)
+    return _iter_chunks(
+        path, fmt, _Budget(chunk_rows, chunk_bytes), max_decompressed_bytes, max_inflation
+    )
 
 
 @dataclass(slots=True)
@@ -262,9 +270,9 @@ class _Budget:
 
 
 def _iter_chunks(
-    path: Path, fmt: FileFormat, budget: _Budget, max_decompressed_bytes: int
+    path: Path, fmt: FileFormat, budget: _Budget, max_decompressed_bytes: int, max_inflation: int
 ) -> Iterator[RowChunk]:
-    with _open_text(path, fmt, max_decompressed_bytes) as text:
+    with _open_text(path, fmt, max_decompressed_bytes, max_inflation) as text:
         blocks = budget.blocks(text)
         if fmt.kind == "csv":
             yield from _csv_chunks(blocks, fmt.delimiter or _DELIMITERS[0], budget)
@@ -298,7 +306,7 @@ def _read_sample(path: Path, compressed: bool) -> tuple[bytes, bool]:
         if not compressed:
             sample = raw.read(_SAMPLE_BYTES + 1)
         else:
-            with _gzip_reader(raw, _UNLIMITED) as unzipped:
+            with _gzip_reader(raw, _UNLIMITED, MAX_INFLATION) as unzipped:
                 sample = unzipped.read(_SAMPLE_BYTES + 1)
     return sample[:_SAMPLE_BYTES], len(sample) <= _SAMPLE_BYTES
 
@@ -316,14 +324,14 @@ def _is_binary(sample: bytes) -> bool:
     return controls > _MAX_CONTROL_SHARE * len(probe)
 
 
-def _check_inflation(path: Path) -> None:
+def _check_inflation(path: Path, max_inflation: int) -> None:
     """Refuse a gzip bomb before any row of it is published.
 
     Decompresses (and discards) a little more than `_INFLATION_FLOOR` bytes, so
     that `_GzipContent` judges the compression ratio; reading judges it again later.
     """
     seen = 0
-    with _open_regular(path) as raw, _gzip_reader(raw, _UNLIMITED) as unzipped:
+    with _open_regular(path) as raw, _gzip_reader(raw, _UNLIMITED, max_inflation) as unzipped:
         while seen <= _INFLATION_FLOOR and (block := unzipped.read(_BLOCK)):
             seen += len(block)
 
@@ -365,17 +373,18 @@ class _GzipContent(io.RawIOBase):
     """The content of a gzip file, members one after another, decompressed with zlib.
 
     Refuses to produce more than `limit` bytes, or, once past `_INFLATION_FLOOR`,
-    more than `MAX_INFLATION` times the compressed bytes consumed so far. zlib is
+    more than `max_inflation` times the compressed bytes consumed so far. zlib is
     used directly because the ratio needs the bytes the inflater really took:
     gzip.GzipFile reads ahead by `io.DEFAULT_BUFFER_SIZE`, which a library may
     change (clickhouse-connect sets 256 KiB), and its count drifts with it.
     zlib checks each member's CRC and length.
     """
 
-    def __init__(self, raw: BinaryIO, limit: int) -> None:
+    def __init__(self, raw: BinaryIO, limit: int, max_inflation: int) -> None:
         super().__init__()
         self._raw = raw
         self._limit = limit
+        self._max_inflation = max_inflation
         self._inflater = zlib.decompressobj(_GZIP_WBITS)
         self._input = b""
         self._in_member = False
@@ -426,25 +435,28 @@ class _GzipContent(io.RawIOBase):
             raise UnreadableFileError(
                 f"decompressed content exceeds {self._limit} bytes (gzip bomb?), stopped reading"
             )
-        if self.produced > _INFLATION_FLOOR and self.produced > MAX_INFLATION * self.consumed:
+        if self.produced > _INFLATION_FLOOR and self.produced > self._max_inflation * self.consumed:
             raise UnreadableFileError(
-                f"gzip content expands more than {MAX_INFLATION} times ({self.produced // 2**20}"
-                f" MiB from {-(-self.consumed // 2**10)} KiB) (gzip bomb?), stopped reading"
+                f"gzip content expands more than {self._max_inflation} times "
+                f"({self.produced // 2**20} MiB from {-(-self.consumed // 2**10)} KiB) "
+                "(gzip bomb?), stopped reading"
             )
         view[: len(data)] = data
         return len(data)
 
 
-def _gzip_reader(raw: BinaryIO, limit: int) -> io.BufferedReader:
-    return io.BufferedReader(_GzipContent(raw, limit), _BLOCK)
+def _gzip_reader(raw: BinaryIO, limit: int, max_inflation: int) -> io.BufferedReader:
+    return io.BufferedReader(_GzipContent(raw, limit, max_inflation), _BLOCK)
 
 
 @contextmanager
-def _open_text(path: Path, fmt: FileFormat, max_decompressed_bytes: int) -> Iterator[TextIO]:
+def _open_text(
+    path: Path, fmt: FileFormat, max_decompressed_bytes: int, max_inflation: int
+) -> Iterator[TextIO]:
     with _open_regular(path) as raw:
         binary: BinaryIO = raw
         if fmt.compressed:
-            binary = _gzip_reader(raw, max_decompressed_bytes)
+            binary = _gzip_reader(raw, max_decompressed_bytes, max_inflation)
         with io.TextIOWrapper(
             binary, encoding=fmt.encoding, errors=_FALLBACK_ERRORS, newline=""
         ) as text:

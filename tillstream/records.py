@@ -65,6 +65,8 @@ class ReasonCode(StrEnum):
     INVALID_DATE = "invalid_date"
     CONFLICTING_DUPLICATE = "conflicting_duplicate"
     UNPARSEABLE_ROW = "unparseable_row"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    """Valid, but too large once cleaned for the broker to take."""
 
 
 class QuarantineStatus(StrEnum):

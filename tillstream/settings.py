@@ -139,6 +139,11 @@ class WatchConfig(_Frozen):
     chunk_rows: int = Field(2000, ge=1, le=1_000_000)
     """Rows per message on `sales.raw`."""
     max_in_flight_files: int = Field(4, ge=1, le=64)
+    max_decompressed_bytes: int = Field(10 * 2**30, ge=2**20)
+    """gzip content larger than this, decompressed, fails its file (a gzip bomb)."""
+    max_inflation: int = Field(100, ge=2, le=100_000)
+    """gzip content that grows more than this many times its compressed size fails its
+    file; judged past the first 16 MiB."""
 
 
 class WorkerConfig(_Frozen):

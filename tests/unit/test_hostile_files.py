@@ -149,7 +149,7 @@ def test_a_bomb_behind_an_ordinary_start_is_stopped_while_reading() -> None:
     buy the bomb behind them at most 100 times their compressed size."""
     start = base64.b64encode(np.random.default_rng(1).bytes(3 * 2**19))
     data = gzip.compress(start, mtime=0) + gzip.compress(b"1,x\n" * (64 * 2**20), mtime=0) * 4
-    unzipped = readers._gzip_reader(io.BytesIO(data), 10 * 2**30)
+    unzipped = readers._gzip_reader(io.BytesIO(data), 10 * 2**30, readers.MAX_INFLATION)
 
     with pytest.raises(UnreadableFileError, match="gzip content expands more than 100 times"):
         while unzipped.read(2**20):

@@ -300,6 +300,19 @@ def test_gzip_bomb_stops_at_the_decompressed_limit(tmp_path: Path) -> None:
             pass
 
 
+def test_the_inflation_limit_is_the_one_given(tmp_path: Path) -> None:
+    """20 MiB of one row repeated compresses about 350 times: over the default 100."""
+    data = (
+        b"id,name\n" + b"1,aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\n" * 320_000
+    )
+    path = _write(tmp_path / "repeated.csv.gz", data, compress=True)
+
+    with pytest.raises(UnreadableFileError, match=r"expands more than 100 times"):
+        read_chunks(path, 50_000)
+    rows = sum(len(chunk.rows) for chunk in read_chunks(path, 50_000, max_inflation=1_000))
+    assert rows == 320_000
+
+
 def test_gzip_within_the_limit_reads_fully(tmp_path: Path) -> None:
     data = _delimited([HEADER, *ROWS])
     path = _write(tmp_path / "s.csv.gz", data, compress=True)

@@ -1,0 +1,153 @@
+"""Messages a broker will not take: split or quarantined, never a stopped agent.
+
+The cleaning stage's messages carry each row twice (as received and as cleaned),
+so a raw chunk that fits the broker can give a validated message that does not.
+The publisher retries what is worth retrying and raises the rest; a message the
+broker finds too large is halved (a validated message, by its sales) or cut down
+(a dead letter, by its `original`) until it fits. A single sale too large to send
+becomes a `message_too_large` dead letter, so its row is still accounted for.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from datetime import datetime
+
+from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+
+from processors.chunks import CleanedChunk, dead_letter, decode_validated
+from producers.publisher import KafkaPublisher, Message
+from tillstream.records import ReasonCode, decode, encode
+
+__all__ = [
+    "MAX_MESSAGE_BYTES",
+    "MAX_ORIGINAL_CHARS",
+    "publish_cleaned",
+    "publish_fitting",
+    "shrink_dead_letter",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_MESSAGE_BYTES = 2**20 - 2**10
+"""Apache Kafka's default `message.max.bytes` (1 MiB, for a batch), less room for the
+batch's own header."""
+MAX_ORIGINAL_CHARS = 10_000
+"""What a dead letter keeps of a row too large to send whole."""
+_TOO_LARGE = (MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError, ValueError)
+"""The broker's refusals of a size, and the publisher's of a message over its batch size."""
+
+Header = tuple[str, bytes]
+
+
+def _fitted(
+    messages: list[Message], headers: Sequence[Header], smaller: Callable[[Message], list[Message]]
+) -> list[Message]:
+    """Each message over MAX_MESSAGE_BYTES replaced by `smaller(message)`, until they fit."""
+    extra = sum(len(name) + len(value) for name, value in headers)
+    fitted = []
+    for message in messages:
+        size = len(message.key) + len(message.value or b"") + extra
+        if size > MAX_MESSAGE_BYTES and (replacements := smaller(message)) != [message]:
+            fitted.extend(_fitted(replacements, headers, smaller))
+        else:
+            fitted.append(message)
+    return fitted
+
+
+async def publish_fitting(
+    publisher: KafkaPublisher,
+    topic: str,
+    messages: list[Message],
+    headers: Sequence[Header],
+    smaller: Callable[[Message], list[Message]],
+) -> None:
+    """Publish, each message too large replaced by `smaller(message)` and sent in its place.
+
+    Sizes are checked before sending against what a broker takes at its defaults: a
+    refusal breaks an idempotent producer's sequence for the partition. A broker set
+    lower that refuses anyway gets the same treatment, message by message (a message
+    may then go twice; every consumer downstream takes that in its stride).
+    """
+    messages = _fitted(messages, headers, smaller)
+    try:
+        await publisher.publish(topic, messages, headers)
+        return
+    except _TOO_LARGE:
+        if len(messages) > 1:
+            for message in messages:
+                await publish_fitting(publisher, topic, [message], headers, smaller)
+            return
+        replacements = smaller(messages[0])
+        if replacements == messages:
+            raise
+    log.warning("a message too large for %s is sent as %d smaller", topic, len(replacements))
+    await publish_fitting(publisher, topic, replacements, headers, smaller)
+
+
+def shrink_dead_letter(message: Message) -> list[Message]:
+    """The dead letter with `original` cut to MAX_ORIGINAL_CHARS (and without the cleaned
+    copy a conflict carries), saying so in its messages."""
+    letter = decode(message.value or b"{}")
+    original = letter["original"]
+    text = original if isinstance(original, str) else encode(original).decode()
+    if len(text) <= MAX_ORIGINAL_CHARS and "cleaned" not in letter:
+        return [message]
+    letter.pop("cleaned", None)
+    letter["original"] = text[:MAX_ORIGINAL_CHARS]
+    letter["messages"] = {
+        **letter["messages"],
+        "original": f"cut to {MAX_ORIGINAL_CHARS} of {len(text)} characters: "
+        "too large for the broker",
+    }
+    return [Message(message.key, encode(letter), message.partition)]
+
+
+async def publish_cleaned(
+    publisher: KafkaPublisher,
+    dlq_topic: str,
+    validated_topic: str,
+    cleaned: CleanedChunk,
+    headers: Sequence[Header],
+    now: datetime,
+) -> None:
+    """The cleaning stage's output: dead letters first, then the validated sales."""
+    unsendable: list[Message] = []
+
+    def halve(message: Message) -> list[Message]:
+        source, sales = decode_validated(message.value or b"")
+        header = (message.value or b"").split(b"\n", 1)[0]
+        if len(sales) == 1:
+            [sale] = sales
+            unsendable.append(
+                dead_letter(
+                    source,
+                    sale.line,
+                    sale.original_json[:MAX_ORIGINAL_CHARS],
+                    [ReasonCode.MESSAGE_TOO_LARGE],
+                    {
+                        "row": f"{len(message.value or b'')} bytes once cleaned, more than "
+                        f"the broker takes; original cut to {MAX_ORIGINAL_CHARS} characters"
+                    },
+                    now,
+                )
+            )
+            return []
+        lines = (message.value or b"").split(b"\n")[1:]
+        middle = len(lines) // 2
+        return [
+            Message(message.key + suffix, b"\n".join([header, *part]), message.partition)
+            for suffix, part in ((b"a", lines[:middle]), (b"b", lines[middle:]))
+        ]
+
+    await publish_fitting(
+        publisher,
+        dlq_topic,
+        [*cleaned.dead_letters, *cleaned.released],
+        headers,
+        shrink_dead_letter,
+    )
+    await publish_fitting(publisher, validated_topic, cleaned.validated, (), halve)
+    if unsendable:
+        await publish_fitting(publisher, dlq_topic, unsendable, headers, shrink_dead_letter)
