@@ -192,6 +192,7 @@ def test_an_archive_that_cannot_be_written_keeps_the_file_until_it_can(
     assert errors[0].endswith("; it stays in the inbox and is tried again")
     tries = re.search(rf"moved {source.name} to .* after (\d+) failed tries", log)
     assert tries is not None and int(tries[1]) >= 2
+    print(f"archive unwritable: {tries[1]} tries to move, one error line, then archived")
     assert [r["source_name"] for r in pipeline.status()] == [row["source_name"]]
     assert_matches_truth(pipeline, row["source_id"], truth)
     assert sales_count(pipeline) == truth.valid
