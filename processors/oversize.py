@@ -14,7 +14,12 @@ import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
 
-from aiokafka.errors import MessageSizeTooLargeError, RecordListTooLargeError, RecordTooLargeError
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+)
 
 from processors.chunks import CleanedChunk, dead_letter, decode_validated
 from producers.publisher import KafkaPublisher, Message
@@ -112,7 +117,34 @@ async def publish_cleaned(
     headers: Sequence[Header],
     now: datetime,
 ) -> None:
-    """The cleaning stage's output: dead letters first, then the validated sales."""
+    """The cleaning stage's output: dead letters first, then the validated sales.
+
+    Any other refusal the publisher does not retry (an authorization, a broker
+    setting) is logged in one line and the chunk skipped rather than the agent
+    stopped: its rows stay unaccounted, so its file stays `processing` in the inbox
+    and is read again when the watcher next starts.
+    """
+    try:
+        await _publish_cleaned(publisher, dlq_topic, validated_topic, cleaned, headers, now)
+    except KafkaError as exc:
+        log.error(
+            "cleaned chunk not published to %s/%s (%s: %s); its file is read again at the "
+            "next start of the watcher",
+            dlq_topic,
+            validated_topic,
+            type(exc).__name__,
+            exc,
+        )
+
+
+async def _publish_cleaned(
+    publisher: KafkaPublisher,
+    dlq_topic: str,
+    validated_topic: str,
+    cleaned: CleanedChunk,
+    headers: Sequence[Header],
+    now: datetime,
+) -> None:
     unsendable: list[Message] = []
 
     def halve(message: Message) -> list[Message]:

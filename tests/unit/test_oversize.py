@@ -8,6 +8,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
+import pytest
+from aiokafka.errors import TopicAuthorizationFailedError
+
 from processors.chunks import clean_chunk, decode_validated
 from processors.oversize import (
     MAX_MESSAGE_BYTES,
@@ -67,3 +70,21 @@ def test_a_dead_letter_too_large_keeps_its_reasons_and_the_start_of_its_row() ->
     assert shrunk["messages"]["original"].startswith(f"cut to {MAX_ORIGINAL_CHARS} of ")
     fits = Message(b"y", json.dumps({**letter, "original": {"Price": "z"}}).encode())
     assert shrink_dead_letter(fits) == [fits]
+
+
+class Refusing(TopicRecorder):
+    async def publish(
+        self, topic: str, messages: list[Message], headers: Sequence[tuple[str, bytes]] = ()
+    ) -> int:
+        raise TopicAuthorizationFailedError()
+
+
+def test_another_refusal_skips_the_chunk_in_one_line_rather_than_stop_the_agent(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    chunk = RawChunk(SOURCE, 0, ["OrderID", "Qty"], [["A-1", "two"]], [2])
+    cleaned = clean_chunk(chunk, default_rules(), 1, NOW)
+    asyncio.run(publish_cleaned(cast(KafkaPublisher, Refusing()), "dlq", "v", cleaned, (), NOW))
+    [record] = caplog.records
+    assert "TopicAuthorizationFailedError" in record.getMessage()
+    assert "\n" not in record.getMessage()
