@@ -21,6 +21,7 @@ from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_le
 from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher
 from tillstream import metrics
+from tillstream.kafka_security import faust_credentials
 from tillstream.records import SCHEMA_VERSION, SCHEMA_VERSION_HEADER, RawChunk
 from tillstream.settings import Settings
 from tillstream.topics import Topics
@@ -52,6 +53,7 @@ def build_app(
         broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 3,
         broker_rebalance_timeout=settings.kafka.rebalance_timeout_seconds,
         web_enabled=False,
+        broker_credentials=faust_credentials(settings.kafka),
     )
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
     validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")

@@ -10,7 +10,7 @@ recovery after a restart or a rebalance is Faust's own.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
@@ -56,6 +56,7 @@ async def restore_changelog(
     bootstrap_servers: str,
     publisher: KafkaPublisher,
     accepted: AsyncIterator[list[tuple[str, str, str, int]]],
+    security: Mapping[str, Any] | None = None,
 ) -> int:
     """Rebuild a lost `seen` changelog from the accepted orders ClickHouse holds.
 
@@ -68,7 +69,7 @@ async def restore_changelog(
     topic = table.changelog_topic_name
     partitions = table.partitions
     replication = int(table.app.conf.topic_replication_factor)
-    if await _has_records(bootstrap_servers, topic, partitions, replication):
+    if await _has_records(bootstrap_servers, topic, partitions, replication, security or {}):
         return 0
     restored = 0
     async for rows in accepted:
@@ -85,10 +86,14 @@ async def restore_changelog(
 
 
 async def _has_records(
-    bootstrap_servers: str, topic: str, partitions: int, replication: int
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    replication: int,
+    security: Mapping[str, Any],
 ) -> bool:
     """Whether the changelog holds anything; a missing one is created as Faust would."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -104,7 +109,9 @@ async def _has_records(
         partitions = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
     finally:
         await admin.close()
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **security
+    )
     await consumer.start()
     try:
         ends = await consumer.end_offsets(partitions)

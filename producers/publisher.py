@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
@@ -44,8 +45,17 @@ def partition_for(key: bytes, partitions: int) -> int:
 class KafkaPublisher:
     """Publishes groups of messages and returns once the broker has them all."""
 
-    def __init__(self, bootstrap_servers: str, client_id: str, *, idempotent: bool = False) -> None:
+    def __init__(
+        self,
+        bootstrap_servers: str,
+        client_id: str,
+        *,
+        idempotent: bool = False,
+        security: Mapping[str, Any] | None = None,
+    ) -> None:
+        """`security`: TLS and SASL arguments, from `tillstream.kafka_security`."""
         self._producer = AIOKafkaProducer(
+            **(security or {}),
             bootstrap_servers=bootstrap_servers,
             client_id=client_id,
             acks="all",

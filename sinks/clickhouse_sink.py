@@ -12,8 +12,9 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
@@ -74,6 +75,7 @@ class ClickHouseSink:
         session_timeout_seconds: float,
         rebalance_timeout_seconds: float,
         on_sources_done: Callable[[list[HistoryEntry]], Awaitable[None]] | None = None,
+        kafka_security: Mapping[str, Any] | None = None,
     ) -> None:
         self._tables = {
             topics.clean.name: "sales",
@@ -82,6 +84,7 @@ class ClickHouseSink:
         }
         self._consumer = AIOKafkaConsumer(
             *self._tables,
+            **(kafka_security or {}),
             bootstrap_servers=bootstrap_servers,
             group_id=group_id,
             client_id=f"{group_id}-consumer",

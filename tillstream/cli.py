@@ -35,6 +35,7 @@ from sinks.quarantine import (
     stats,
     statuses_since,
 )
+from tillstream.kafka_security import client_options
 from tillstream.records import QuarantineStatus, ReasonCode
 from tillstream.results import ResultError, ResultReader
 from tillstream.settings import ConfigError, Settings, load_settings
@@ -185,7 +186,8 @@ async def _publisher(reader: ResultReader, settings: Settings) -> AsyncIterator[
             "invalid setting kafka.bootstrap_servers: this publishes to Kafka; "
             "start `tillstream up` or set it"
         )
-    publisher = KafkaPublisher(bootstrap, settings.kafka.client_id)
+    security = client_options(settings.kafka) if settings.kafka.bootstrap_servers else {}
+    publisher = KafkaPublisher(bootstrap, settings.kafka.client_id, security=security)
     await publisher.start()
     try:
         yield publisher

@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
 
 from aiokafka import AIOKafkaClient, AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -35,8 +36,10 @@ class DependencyProbe:
         worker_group: str | None = None,
         worker_topics: Sequence[str] = (),
         interval_seconds: float = 5.0,
+        security: Mapping[str, Any] | None = None,
     ) -> None:
         self._bootstrap_servers = bootstrap_servers
+        self._security = dict(security or {})
         self._database = database
         self._worker_group = worker_group
         self._worker_topics = list(worker_topics)
@@ -98,7 +101,9 @@ class DependencyProbe:
     async def _kafka(self) -> None:
         if self._client is None:
             client = AIOKafkaClient(
-                bootstrap_servers=self._bootstrap_servers, request_timeout_ms=4000
+                bootstrap_servers=self._bootstrap_servers,
+                request_timeout_ms=4000,
+                **self._security,
             )
             await client.bootstrap()
             self._client = client
@@ -111,10 +116,10 @@ class DependencyProbe:
     async def _worker_lag(self) -> None:
         assert self._worker_group is not None  # noqa: S101 - only called with a group
         if self._admin is None or self._offsets is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers)
+            admin = AIOKafkaAdminClient(bootstrap_servers=self._bootstrap_servers, **self._security)
             await admin.start()
             self._admin = admin
-            offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap_servers)
+            offsets = AIOKafkaConsumer(bootstrap_servers=self._bootstrap_servers, **self._security)
             await offsets.start()
             self._offsets = offsets
         cluster = self._cluster

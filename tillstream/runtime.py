@@ -33,6 +33,7 @@ from sinks.schema import migrate
 from tillstream import metrics
 from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
 from tillstream.http_api import HttpApi, read_api_url
+from tillstream.kafka_security import client_options
 from tillstream.notifications import Notifier, notices_for
 from tillstream.probes import DependencyProbe
 from tillstream.settings import ConfigError, Settings
@@ -80,8 +81,15 @@ class Runtime:
                 "invalid setting kafka.bootstrap_servers: required to run "
                 f"{', '.join(sorted(components))} as a separate component"
             )
+        if settings.embedded_broker and settings.kafka.security_protocol != "PLAINTEXT":
+            raise ConfigError(
+                "invalid setting kafka.security_protocol: the embedded broker speaks PLAINTEXT "
+                "only; set kafka.bootstrap_servers to use "
+                f"{settings.kafka.security_protocol}"
+            )
         self.settings = settings
         self.components = components
+        self._security = client_options(settings.kafka)
         self.topics = Topics.from_config(settings.kafka)
         self.bootstrap_servers = settings.kafka.bootstrap_servers
         self.api_url = ""
@@ -125,12 +133,15 @@ class Runtime:
             self._stack.stops.append(broker.stop)
             self.bootstrap_servers = broker.bootstrap_servers
         else:
-            await wait_for_metadata(self.bootstrap_servers)
+            await wait_for_metadata(self.bootstrap_servers, security=self._security)
         await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics)
 
         self.idempotent = await self._idempotence()
         publisher = KafkaPublisher(
-            self.bootstrap_servers, settings.kafka.client_id, idempotent=self.idempotent
+            self.bootstrap_servers,
+            settings.kafka.client_id,
+            idempotent=self.idempotent,
+            security=self._security,
         )
         await publisher.start()
         self._stack.stops.append(publisher.stop)
@@ -159,7 +170,11 @@ class Runtime:
             app, seen = build_app(settings, self.bootstrap_servers, self.topics, publisher)
             if self._database is not None:
                 restored = await restore_changelog(
-                    seen, self.bootstrap_servers, publisher, accepted_orders(self._database)
+                    seen,
+                    self.bootstrap_servers,
+                    publisher,
+                    accepted_orders(self._database),
+                    self._security,
                 )
                 if restored:
                     log.info("rebuilt dedupe state of %d orders from ClickHouse", restored)
@@ -178,6 +193,7 @@ class Runtime:
             self._database,
             f"{self.settings.kafka.group_prefix}-worker" if worker else None,
             [self.topics.raw.name, self.topics.validated.name],
+            security=self._security,
         )
         await probe.start()
         self._stack.stops.append(probe.stop)
@@ -185,8 +201,8 @@ class Runtime:
     async def _idempotence(self) -> bool:
         mode = self.settings.kafka.exactly_once
         if mode == "auto":
-            return await supports_idempotence(self.bootstrap_servers)
-        if mode == "on" and not await supports_idempotence(self.bootstrap_servers):
+            return await supports_idempotence(self.bootstrap_servers, self._security)
+        if mode == "on" and not await supports_idempotence(self.bootstrap_servers, self._security):
             raise ConfigError(
                 "invalid setting kafka.exactly_once: 'on', but the broker at "
                 f"{self.bootstrap_servers} refuses idempotent producers"
@@ -212,6 +228,7 @@ class Runtime:
             self.settings.kafka.session_timeout_seconds,
             self.settings.kafka.rebalance_timeout_seconds,
             on_sources_done=self._sources_done,
+            kafka_security=self._security,
         )
         task = asyncio.create_task(sink.run(), name="sink")
         self._tasks[Component.SINK] = task

@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -84,6 +92,18 @@ def default_rules() -> CleaningRules:
     return CleaningRules.model_validate(_default_rules_data())
 
 
+def _secret_from_file(values: Any, name: str) -> Any:
+    """`<name>_file`, when given, is read into `<name>`: its first line, as a secret."""
+    if not isinstance(values, dict) or not values.get(f"{name}_file"):
+        return values
+    path = Path(values[f"{name}_file"])
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return {**values, name: lines[0] if lines else ""}
+
+
 class KafkaConfig(_Frozen):
     bootstrap_servers: str = ""
     """Empty means: start the embedded broker on a free loopback port."""
@@ -105,6 +125,29 @@ class KafkaConfig(_Frozen):
     chunks it holds, so this is generous."""
     group_prefix: str = "tillstream"
     """Consumer groups and the Faust app id are derived from it."""
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "SCRAM-SHA-512"
+    sasl_username: str = ""
+    sasl_password: SecretStr = SecretStr("")
+    sasl_password_file: Path | None = None
+    """Read the password from this file (a Docker or Kubernetes secret) instead."""
+    ssl_cafile: Path | None = None
+    """CA bundle to verify the brokers with; empty means the system's."""
+    ssl_certfile: Path | None = None
+    """Client certificate (PEM), for brokers that authenticate clients by TLS."""
+    ssl_keyfile: Path | None = None
+    ssl_check_hostname: bool = True
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sasl_password_from_file(cls, values: Any) -> Any:
+        return _secret_from_file(values, "sasl_password")
+
+    @model_validator(mode="after")
+    def _credentials_for_sasl(self) -> KafkaConfig:
+        if self.security_protocol.startswith("SASL") and not self.sasl_username:
+            raise ValueError(f"sasl_username is required with {self.security_protocol}")
+        return self
 
 
 class ClickHouseConfig(_Frozen):
@@ -114,6 +157,13 @@ class ClickHouseConfig(_Frozen):
     database: str = "tillstream"
     username: str = "default"
     password: SecretStr = SecretStr("")
+    password_file: Path | None = None
+    """Read the password from this file (a Docker or Kubernetes secret) instead."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, values: Any) -> Any:
+        return _secret_from_file(values, "password")
 
     @field_validator("url")
     @classmethod

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
+from tillstream.kafka_security import client_options
 from tillstream.settings import KafkaConfig
 
 __all__ = ["TopicSpec", "Topics", "ensure_topics"]
@@ -66,7 +67,9 @@ class Topics:
 
 async def ensure_topics(bootstrap_servers: str, config: KafkaConfig, topics: Topics) -> None:
     """Create every topic that does not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, client_id=config.client_id)
+    admin = AIOKafkaAdminClient(
+        bootstrap_servers=bootstrap_servers, client_id=config.client_id, **client_options(config)
+    )
     await admin.start()
     try:
         existing = set(await admin.list_topics())

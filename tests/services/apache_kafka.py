@@ -36,6 +36,7 @@ __all__ = ["ApacheKafka", "ApacheKafkaError", "kafka_jars"]
 INFRA_DIR = Path(__file__).resolve().parents[2] / "infra" / "kafka"
 _PORT_TAKEN = "Address already in use"
 _START_ATTEMPTS = 3
+_SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 class ApacheKafkaError(RuntimeError):
@@ -101,7 +102,10 @@ class ApacheKafka:
         log_level: str = "WARN",
         heap: str = "512m",
         start_timeout: float = 60.0,
+        sasl_users: dict[str, str] | None = None,
     ) -> None:
+        """`sasl_users` (name -> password) adds a SASL_PLAINTEXT listener that takes them
+        with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (`sasl_bootstrap_servers`)."""
         self._owns_work_dir = work_dir is None
         self.work_dir = (
             Path(tempfile.mkdtemp(prefix="tillstream-kafka-")) if work_dir is None else work_dir
@@ -109,6 +113,8 @@ class ApacheKafka:
         self._fixed_port = port
         self._port = port
         self._controller_port: int | None = None
+        self._sasl_port: int | None = None
+        self._sasl_users = dict(sasl_users or {})
         self._log_level = log_level
         self._heap = heap
         self._start_timeout = start_timeout
@@ -125,6 +131,12 @@ class ApacheKafka:
     @property
     def bootstrap_servers(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def sasl_bootstrap_servers(self) -> str:
+        if self._sasl_port is None:
+            raise ApacheKafkaError("the broker has no SASL listener (no sasl_users)")
+        return f"127.0.0.1:{self._sasl_port}"
 
     @property
     def log_path(self) -> Path:
@@ -257,10 +269,12 @@ class ApacheKafka:
 
     def _choose_ports(self) -> None:
         if self._fixed_port is None:
-            self._port, self._controller_port = _free_ports(2)
+            self._port, self._controller_port, self._sasl_port = _free_ports(3)
         else:
             self._port = self._fixed_port
-            (self._controller_port,) = _free_ports(1)
+            self._controller_port, self._sasl_port = _free_ports(2)
+        if not self._sasl_users:
+            self._sasl_port = None
 
     def _write_config(self) -> Path:
         controller = f"127.0.0.1:{self._controller_port}"
@@ -286,9 +300,35 @@ class ApacheKafka:
             "broker.heartbeat.interval.ms": "500",
             "broker.session.timeout.ms": "3000",
         }
+        if self._sasl_users:
+            settings |= self._sasl_settings()
         config = self.work_dir / "server.properties"
         config.write_text("".join(f"{key}={value}\n" for key, value in settings.items()))
         return config
+
+    def _sasl_settings(self) -> dict[str, str]:
+        plain_users = " ".join(
+            f'user_{name}="{password}"' for name, password in self._sasl_users.items()
+        )
+        sasl = f"SASL_PLAINTEXT://{self.sasl_bootstrap_servers}"
+        return {
+            "listeners": f"PLAINTEXT://{self.bootstrap_servers},{sasl},"
+            f"CONTROLLER://127.0.0.1:{self._controller_port}",
+            "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers},{sasl}",
+            "listener.security.protocol.map": (
+                "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+            ),
+            "sasl.enabled.mechanisms": ",".join(_SASL_MECHANISMS),
+            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+                f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
+            ),
+            **{
+                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+                )
+                for mechanism in _SASL_MECHANISMS[1:]
+            },
+        }
 
     def _java_command(
         self, java: str, jars: Path, main: list[str], options: tuple[str, ...] = ()
@@ -309,7 +349,23 @@ class ApacheKafka:
         command = self._java_command(
             java,
             jars,
-            ["kafka.tools.StorageTool", "format", "--cluster-id", _cluster_id(), "-c", str(config)],
+            [
+                "kafka.tools.StorageTool",
+                "format",
+                "--cluster-id",
+                _cluster_id(),
+                "-c",
+                str(config),
+                *(
+                    argument
+                    for name, password in self._sasl_users.items()
+                    for mechanism in _SASL_MECHANISMS[1:]
+                    for argument in (
+                        "--add-scram",
+                        f"{mechanism}=[name={name},password={password}]",
+                    )
+                ),
+            ],
         )
         result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
         if result.returncode != 0:
