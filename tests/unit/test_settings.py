@@ -97,3 +97,56 @@ def test_separate_components_need_an_external_broker(
     config = write(tmp_path, f"data_dir: {tmp_path / 'data'}\n")
     assert main(["--config", str(config), "worker"]) == 2
     assert "kafka.bootstrap_servers" in capsys.readouterr().err
+
+
+def test_secrets_come_from_files_and_print_masked(tmp_path: Path) -> None:
+    (tmp_path / "kafka").write_text("k-9f2e71\n", encoding="utf-8")
+    (tmp_path / "clickhouse").write_text("c-41ab0d", encoding="utf-8")
+    settings = load_settings(
+        kafka={
+            "security_protocol": "SASL_SSL",
+            "sasl_username": "app",
+            "sasl_password_file": str(tmp_path / "kafka"),
+        },
+        clickhouse={"password_file": str(tmp_path / "clickhouse")},
+    )
+    assert settings.kafka.sasl_password.get_secret_value() == "k-9f2e71"
+    assert settings.clickhouse.password.get_secret_value() == "c-41ab0d"
+    shown = repr(settings) + str(settings)
+    assert "k-9f2e71" not in shown and "c-41ab0d" not in shown
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            {"kafka": {"security_protocol": "SASL_PLAINTEXT"}},
+            "invalid setting kafka: Value error, sasl_username is required with SASL_PLAINTEXT",
+        ),
+        (
+            {"kafka": {"sasl_mechanism": "GSSAPI"}},
+            "invalid setting kafka.sasl_mechanism: Input should be 'PLAIN', 'SCRAM-SHA-256' or "
+            "'SCRAM-SHA-512'",
+        ),
+        (
+            {"clickhouse": {"password_file": "/no/such/file"}},
+            "invalid setting clickhouse: Value error, cannot read /no/such/file: No such file "
+            "or directory",
+        ),
+    ],
+)
+def test_a_bad_security_setting_is_one_line(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(**overrides)
+    assert str(caught.value) == message
+
+
+def test_the_embedded_broker_refuses_sasl_in_one_line(tmp_path: Path) -> None:
+    from tillstream.runtime import ALL_COMPONENTS, Runtime
+
+    settings = load_settings(
+        data_dir=tmp_path,
+        kafka={"security_protocol": "SASL_SSL", "sasl_username": "app"},
+    )
+    with pytest.raises(ConfigError, match="the embedded broker speaks PLAINTEXT only"):
+        Runtime(settings, ALL_COMPONENTS)
