@@ -1,8 +1,9 @@
-"""Kafka with SASL (PLAIN, SCRAM-SHA-256/512), and secrets that never show.
+"""Kafka with SASL (PLAIN, SCRAM-SHA-256/512) over plain TCP and over TLS, and
+secrets that never show.
 
-Apache Kafka is started with a SASL_PLAINTEXT listener and SCRAM users written at
-format time (`kafka-storage format --add-scram`); the pipeline talks to it through
-that listener only.
+Apache Kafka is started with a SASL_PLAINTEXT or a SASL_SSL listener (its certificate
+signed by a CA made for the test) and SCRAM users written at format time
+(`kafka-storage format --add-scram`); the pipeline talks to it through that listener.
 """
 
 from __future__ import annotations
@@ -33,17 +34,28 @@ PASSWORD, CLICKHOUSE_PASSWORD, WEBHOOK_TOKEN = (secrets.token_hex(12) for _ in r
 """Fresh each run, and unlike anything else a log holds."""
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["SASL_PLAINTEXT", "SASL_SSL"])
 def sasl_kafka(request: pytest.FixtureRequest) -> Iterator[ApacheKafka]:
     if request.config.getoption("--broker") != "apache":
         pytest.skip(
             "SKIPPED LOUDLY: SASL needs Apache Kafka (the embedded broker speaks PLAINTEXT "
             "only); run with --broker apache"
         )
-    kafka = ApacheKafka(sasl_users={USER: PASSWORD})
+    kafka = ApacheKafka(sasl_users={USER: PASSWORD}, tls=request.param == "SASL_SSL")
     kafka.start()
     yield kafka
     kafka.close()
+
+
+def security(kafka: ApacheKafka, mechanism: str) -> dict[str, str]:
+    """The `kafka` settings of a client of this broker, but the password."""
+    tls = kafka.sasl_protocol == "SASL_SSL"
+    return {
+        "security_protocol": kafka.sasl_protocol,
+        "sasl_mechanism": mechanism,
+        "sasl_username": USER,
+        **({"ssl_cafile": str(kafka.ca_file)} if tls else {}),
+    }
 
 
 async def _bootstrap(bootstrap_servers: str, config: KafkaConfig) -> None:
@@ -62,12 +74,7 @@ def test_each_sasl_mechanism_authenticates_and_a_wrong_password_is_refused(
 ) -> None:
     def config(password: str) -> KafkaConfig:
         return KafkaConfig.model_validate(
-            {
-                "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": mechanism,
-                "sasl_username": USER,
-                "sasl_password": password,
-            }
+            {**security(sasl_kafka, mechanism), "sasl_password": password}
         )
 
     asyncio.run(_bootstrap(sasl_kafka.sasl_bootstrap_servers, config(PASSWORD)))
@@ -86,9 +93,7 @@ def test_a_pipeline_on_sasl_scram_lands_its_file_and_shows_no_secret(
         {
             "kafka": {
                 "bootstrap_servers": sasl_kafka.sasl_bootstrap_servers,
-                "security_protocol": "SASL_PLAINTEXT",
-                "sasl_mechanism": "SCRAM-SHA-512",
-                "sasl_username": USER,
+                **security(sasl_kafka, "SCRAM-SHA-512"),
                 "sasl_password_file": str(secret_file),
                 "topic_prefix": "sec.",
                 "group_prefix": "sec",

@@ -103,9 +103,11 @@ class ApacheKafka:
         heap: str = "512m",
         start_timeout: float = 60.0,
         sasl_users: dict[str, str] | None = None,
+        tls: bool = False,
     ) -> None:
-        """`sasl_users` (name -> password) adds a SASL_PLAINTEXT listener that takes them
-        with PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (`sasl_bootstrap_servers`)."""
+        """`sasl_users` (name -> password) adds a SASL listener that takes them with
+        PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512 (`sasl_bootstrap_servers`); with `tls`
+        it is SASL_SSL, its certificate signed by a CA of its own (`ca_file`)."""
         self._owns_work_dir = work_dir is None
         self.work_dir = (
             Path(tempfile.mkdtemp(prefix="tillstream-kafka-")) if work_dir is None else work_dir
@@ -115,6 +117,7 @@ class ApacheKafka:
         self._controller_port: int | None = None
         self._sasl_port: int | None = None
         self._sasl_users = dict(sasl_users or {})
+        self._sasl_protocol = "SASL_SSL" if tls else "SASL_PLAINTEXT"
         self._log_level = log_level
         self._heap = heap
         self._start_timeout = start_timeout
@@ -137,6 +140,15 @@ class ApacheKafka:
         if self._sasl_port is None:
             raise ApacheKafkaError("the broker has no SASL listener (no sasl_users)")
         return f"127.0.0.1:{self._sasl_port}"
+
+    @property
+    def sasl_protocol(self) -> str:
+        """`SASL_SSL` or `SASL_PLAINTEXT`: what a client of `sasl_bootstrap_servers` uses."""
+        return self._sasl_protocol
+
+    @property
+    def ca_file(self) -> Path:
+        return self.work_dir / "tls" / "ca.crt"
 
     @property
     def log_path(self) -> Path:
@@ -310,25 +322,52 @@ class ApacheKafka:
         plain_users = " ".join(
             f'user_{name}="{password}"' for name, password in self._sasl_users.items()
         )
-        sasl = f"SASL_PLAINTEXT://{self.sasl_bootstrap_servers}"
+        protocol = self._sasl_protocol
+        sasl = f"{protocol}://{self.sasl_bootstrap_servers}"
         return {
             "listeners": f"PLAINTEXT://{self.bootstrap_servers},{sasl},"
             f"CONTROLLER://127.0.0.1:{self._controller_port}",
             "advertised.listeners": f"PLAINTEXT://{self.bootstrap_servers},{sasl}",
             "listener.security.protocol.map": (
-                "PLAINTEXT:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,CONTROLLER:PLAINTEXT"
+                f"PLAINTEXT:PLAINTEXT,{protocol}:{protocol},CONTROLLER:PLAINTEXT"
             ),
             "sasl.enabled.mechanisms": ",".join(_SASL_MECHANISMS),
-            "listener.name.sasl_plaintext.plain.sasl.jaas.config": (
+            f"listener.name.{protocol.lower()}.plain.sasl.jaas.config": (
                 f"org.apache.kafka.common.security.plain.PlainLoginModule required {plain_users};"
             ),
             **{
-                f"listener.name.sasl_plaintext.{mechanism.lower()}.sasl.jaas.config": (
+                f"listener.name.{protocol.lower()}.{mechanism.lower()}.sasl.jaas.config": (
                     "org.apache.kafka.common.security.scram.ScramLoginModule required;"
                 )
                 for mechanism in _SASL_MECHANISMS[1:]
             },
+            **(self._tls_settings() if protocol == "SASL_SSL" else {}),
         }
+
+    def _tls_settings(self) -> dict[str, str]:
+        """A CA and a certificate for 127.0.0.1 it signed, made with openssl once."""
+        folder = self.ca_file.parent
+        keystore = folder / "broker.pem"
+        if not keystore.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            for command in (
+                "req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=tillstream-test-ca "
+                "-keyout ca.key -out ca.crt",
+                "genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out broker.key",
+                "req -new -key broker.key -subj /CN=127.0.0.1 -out broker.csr",
+                "x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -CAcreateserial -days 2 "
+                "-extfile san.ext -out broker.crt",
+            ):
+                (folder / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+                result = subprocess.run(
+                    ["openssl", *command.split()], cwd=folder, capture_output=True, text=True
+                )
+                if result.returncode != 0:
+                    raise ApacheKafkaError(f"openssl {command.split()[0]} failed: {result.stderr}")
+            keystore.write_text(
+                "".join((folder / name).read_text() for name in ("broker.key", "broker.crt"))
+            )
+        return {"ssl.keystore.type": "PEM", "ssl.keystore.location": str(keystore)}
 
     def _java_command(
         self, java: str, jars: Path, main: list[str], options: tuple[str, ...] = ()
