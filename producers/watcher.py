@@ -60,12 +60,21 @@ def is_candidate(path: Path) -> bool:
 
 
 class _Forward(FileSystemEventHandler):
-    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Path]) -> None:
+    """Files that changed, and the inbox itself when it is deleted or moved away: a
+    folder made again under its name (often with the same inode) is watched anew."""
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Path], inbox: Path
+    ) -> None:
         self._loop = loop
         self._queue = queue
+        self._inbox = inbox
 
     def on_any_event(self, event: FileSystemEvent) -> None:
+        source = Path(os.fsdecode(event.src_path))
         if event.is_directory:
+            if source == self._inbox and event.event_type in ("deleted", "moved"):
+                self._loop.call_soon_threadsafe(self._queue.put_nowait, source)
             return
         target = getattr(event, "dest_path", "") or event.src_path
         path = Path(os.fsdecode(target))
@@ -112,7 +121,9 @@ class FolderWatcher:
         self._watched = _identity(self.inbox)
         observer = Observer()
         observer.schedule(
-            _Forward(asyncio.get_running_loop(), self._events), str(self.inbox), recursive=False
+            _Forward(asyncio.get_running_loop(), self._events, self.inbox),
+            str(self.inbox),
+            recursive=False,
         )
         observer.start()
         self._observer = observer
@@ -147,6 +158,10 @@ class FolderWatcher:
         self._start_observer()
 
     def _note(self, path: Path) -> None:
+        if path == self.inbox:
+            log.warning("inbox %s was deleted or moved; watching the folder of its name", path)
+            self._restart_observer()
+            return
         if path.parent != self.inbox or path in self._claimed or not is_candidate(path):
             return
         try:
