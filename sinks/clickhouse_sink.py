@@ -9,6 +9,7 @@ that come back in a differently cut batch replace themselves by key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import random
@@ -22,6 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from sinks.database import Database, is_retryable
 from sinks.history import HistoryEntry, IngestionHistory
+from sinks.late_sales import late_windows_touched, reconcile_late_sales
 from tillstream import metrics
 from tillstream.settings import SinkConfig
 from tillstream.topics import Topics
@@ -74,6 +76,8 @@ class ClickHouseSink:
             topics.clean.name: "sales",
             topics.dlq.name: "quarantine",
             topics.duplicates.name: "duplicates",
+            topics.aggregates.name: "aggregates",
+            topics.anomalies.name: "anomalies",
         }
         self._consumer = AIOKafkaConsumer(
             *self._tables,
@@ -135,10 +139,18 @@ class ClickHouseSink:
         started = time.perf_counter()
         for table, values in batch.values.items():
             if values:
-                await self._write_with_retry(table, values)
+                await self._retrying(
+                    f"write to {table}", functools.partial(self._write_isolating, table, values)
+                )
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
                 metrics.SINK_LAST_WRITE.set_to_current_time()
+        touched = late_windows_touched(batch.values.get("sales", []))
+        if touched:
+            await self._retrying(
+                "late sales reconciliation",
+                functools.partial(reconcile_late_sales, self._db, touched),
+            )
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
         if time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
@@ -165,22 +177,20 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_seconds)
 
-    async def _write_with_retry(self, table: str, values: list[bytes]) -> None:
+    async def _retrying(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
         """Retry connection trouble forever with capped, jittered backoff: that is the
         backpressure, as nothing more is consumed meanwhile."""
         delay = 0.1
         while True:
             try:
-                await self._write_isolating(table, values)
+                await work()
                 return
             except Exception as exc:
                 if not is_retryable(exc):
                     raise
                 metrics.SINK_ERRORS.labels("connection").inc()
                 metrics.SINK_RETRIES.inc()
-                log.warning(
-                    "ClickHouse write to %s failed (%s); retrying in %.1fs", table, exc, delay
-                )
+                log.warning("ClickHouse %s failed (%s); retrying in %.1fs", what, exc, delay)
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))  # noqa: S311 - jitter
                 delay = min(delay * 2, self._config.retry_max_seconds)
 

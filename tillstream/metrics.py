@@ -17,6 +17,10 @@ __all__ = [
     "WORKER_REJECTS",
     "WORKER_DUPLICATES",
     "WORKER_CHUNK_SECONDS",
+    "WORKER_LATE_SALES",
+    "WORKER_AGGREGATE_UPDATES",
+    "WORKER_ANOMALIES",
+    "WORKER_EXPIRED",
     "SINK_ROWS_WRITTEN",
     "SINK_BATCH_ROWS",
     "SINK_FLUSH_SECONDS",
@@ -52,6 +56,22 @@ WORKER_CHUNK_SECONDS = Histogram(
     "Time to process one message, by stage",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+WORKER_LATE_SALES = Counter(
+    "tillstream_worker_late_sales_total",
+    "Sales that arrived after their window closed, by window size",
+    ["window"],
+)
+WORKER_AGGREGATE_UPDATES = Counter(
+    "tillstream_worker_aggregate_updates_total", "Aggregate values emitted to sales.aggregates"
+)
+WORKER_ANOMALIES = Counter(
+    "tillstream_worker_anomalies_total", "Sales found to be revenue outliers for their product"
+)
+WORKER_EXPIRED = Counter(
+    "tillstream_worker_expired_total",
+    "State dropped: orders past the dedupe retention, windows closed for good",
+    ["table"],
 )
 SINK_ROWS_WRITTEN = Counter(
     "tillstream_sink_rows_written_total", "Rows written to ClickHouse, by table", ["table"]

@@ -20,7 +20,7 @@ from typing import Any
 import faust
 
 from processors.app import build_app
-from processors.state import restore_changelog
+from processors.state import restore_changelogs
 from producers.file_ingest import FileIngestor
 from producers.publisher import KafkaPublisher
 from producers.watcher import FolderWatcher
@@ -155,13 +155,19 @@ class Runtime:
         if Component.SINK in self.components:
             await self._start_sink()
         if Component.WORKER in self.components:
-            app, seen = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            app, tables = build_app(settings, self.bootstrap_servers, self.topics, publisher)
             if self._database is not None:
-                restored = await restore_changelog(
-                    seen, self.bootstrap_servers, publisher, accepted_orders(self._database)
+                restored = await restore_changelogs(
+                    tables.seen,
+                    tables.aggregates,
+                    self.bootstrap_servers,
+                    publisher,
+                    self.topics.aggregates.name,
+                    settings.worker.allowed_lateness_seconds * 1000,
+                    accepted_orders(self._database),
                 )
                 if restored:
-                    log.info("rebuilt dedupe state of %d orders from ClickHouse", restored)
+                    log.info("rebuilt worker state of %d orders from ClickHouse", restored)
             await app.start()
             metrics.COMPONENT_UP.labels("worker").set(1)
             self._stack.stops.append(app.stop)

@@ -29,6 +29,7 @@ __all__ = [
     "WatchConfig",
     "SinkConfig",
     "WorkerConfig",
+    "AnomaliesConfig",
     "MetricsConfig",
     "NotifyConfig",
     "Settings",
@@ -143,6 +144,20 @@ class WatchConfig(_Frozen):
 
 class WorkerConfig(_Frozen):
     dedupe_retention_days: int = Field(30, ge=1)
+    """How long an accepted order is remembered for dedupe, from when it was first seen."""
+    allowed_lateness_seconds: int = Field(3600, ge=0)
+    """How long after a window's end (by the latest sale time seen) a sale still
+    updates it; later sales are late for that window (docs/architecture.md)."""
+
+
+class AnomaliesConfig(_Frozen):
+    threshold: float = Field(3.5, gt=0)
+    """A sale whose robust z-score of revenue is above this (in absolute value) is an
+    anomaly for its product."""
+    baseline_size: int = Field(500, ge=2)
+    """How many of a product's most recent sales form its baseline."""
+    min_baseline: int = Field(30, ge=2)
+    """Sales of a product are scored only once its baseline holds this many."""
 
 
 class SinkConfig(_Frozen):
@@ -190,6 +205,7 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     watch: WatchConfig = WatchConfig()
     worker: WorkerConfig = WorkerConfig()
+    anomalies: AnomaliesConfig = AnomaliesConfig()
     sink: SinkConfig = SinkConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()
