@@ -92,7 +92,7 @@ def facts_from_clean(clean_json: Iterable[str]) -> pd.DataFrame:
         return pd.DataFrame(
             columns=["order_id", "sold_at_ms", "product", "region", "category", "store_id"]
         )
-    docs = pd.read_json(io.StringIO(text), lines=True, dtype=False, convert_dates=False)
+    docs = pd.read_json(io.StringIO(text), lines=True, dtype=False)
     sold_at = pd.to_datetime(docs["sold_at"], utc=True, format="ISO8601")
     return pd.DataFrame(
         {
