@@ -23,7 +23,7 @@ from aiokafka.structs import OffsetAndMetadata
 
 from sinks.database import Database, is_retryable
 from sinks.history import HistoryEntry, IngestionHistory
-from sinks.late_sales import late_windows_touched, reconcile_late_sales
+from sinks.late_sales import LateWindows, late_windows_touched
 from tillstream import metrics
 from tillstream.settings import SinkConfig
 from tillstream.topics import Topics
@@ -98,6 +98,7 @@ class ClickHouseSink:
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
         self._reconciled = 0.0
+        self._late = LateWindows()
 
     async def run(self) -> None:
         """Consume and write until `stop`; the last partial batch is written first."""
@@ -145,12 +146,7 @@ class ClickHouseSink:
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
                 metrics.SINK_LAST_WRITE.set_to_current_time()
-        touched = late_windows_touched(batch.values.get("sales", []))
-        if touched:
-            await self._retrying(
-                "late sales reconciliation",
-                functools.partial(reconcile_late_sales, self._db, touched),
-            )
+        self._late.add(late_windows_touched(batch.values.get("sales", [])))
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
         if time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
@@ -211,9 +207,12 @@ class ClickHouseSink:
             await self._write_isolating(table, values[middle:])
 
     async def _reconcile(self) -> None:
-        """Mark finished sources done; while ClickHouse is away, try again next time."""
+        """Bring the late sales of the windows written since last time into the
+        aggregates, and mark finished sources done; while ClickHouse is away, try
+        again next time."""
         self._reconciled = time.monotonic()
         try:
+            await self._late.reconcile(self._db)
             done = await self._history.reconcile()
         except Exception as exc:
             if not is_retryable(exc):

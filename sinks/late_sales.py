@@ -1,11 +1,13 @@
 """Late sales reconciled into the aggregates, from ClickHouse.
 
 A worker drops a window's state once it is closed, so it cannot fold a sale that
-comes later; it flags the sale instead (`late_windows`). After writing such sales
-the sink recomputes, for every window they touched, the totals of all late sales of
-that window from `sales` and writes them as one more partition of `aggregates`
-(`LATE_PARTITION`). The result is absolute and versioned like the workers' own
-rows, so reconciling twice, or after a crash, gives the same totals.
+comes later; it flags the sale instead (`late_windows`). The sink remembers which
+windows the late sales it wrote belong to, and at most twice a second recomputes,
+for those windows, the totals of all their late sales from `sales` and writes them
+as one more partition of `aggregates` (`LATE_PARTITION`). The result is absolute and
+versioned like the workers' own rows, so reconciling twice gives the same totals.
+What a crash forgets is covered by reconciling every window once when the sink
+starts.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from processors.aggregates import WINDOWS, window_bounds
 from sinks.database import Database
 from sinks.schema import LATE_PARTITION, late_sales_totals
 
-__all__ = ["late_windows_touched", "reconcile_late_sales"]
+__all__ = ["LateWindows", "late_windows_touched"]
 
 _ON_TIME = b'"late_windows":[]'
 
@@ -44,17 +46,40 @@ def late_windows_touched(values: list[bytes]) -> dict[str, list[int]]:
     return touched
 
 
-async def reconcile_late_sales(database: Database, touched: dict[str, list[int]]) -> None:
-    if not touched:
-        return
-    starts = "toUnixTimestamp64Milli(window_start)"
-    where = " OR ".join(
-        f"(window = '{window}' AND {starts} IN {{{window}:Array(Int64)}})" for window in touched
-    )
-    await database.command(
-        f"INSERT INTO {database.name}.aggregates (window, window_start, dimension, key, "
-        "partition, revenue, units, orders, discount_sum, version) "
-        f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, units, "
-        f"orders, discount_sum, {time.time_ns()} FROM ({late_sales_totals(database.name, where)})",
-        dict(touched),
-    )
+class LateWindows:
+    """The windows whose late sales need reconciling: all of them until the first
+    reconciliation (what happened before a restart is unknown), then those written
+    since the last one. The sink calls it from its one task, so nothing is added
+    while a reconciliation runs."""
+
+    def __init__(self) -> None:
+        self._everything = True
+        self._touched: dict[str, set[int]] = {}
+
+    def add(self, touched: dict[str, list[int]]) -> None:
+        for window, starts in touched.items():
+            self._touched.setdefault(window, set()).update(starts)
+
+    async def reconcile(self, database: Database) -> None:
+        """Write the totals; forget the windows only once they are written."""
+        if not (self._everything or self._touched):
+            return
+        touched = {window: sorted(starts) for window, starts in self._touched.items()}
+        window_start = "toUnixTimestamp64Milli(window_start)"
+        where = (
+            "1"
+            if self._everything
+            else " OR ".join(
+                f"(window = '{window}' AND {window_start} IN {{{window}:Array(Int64)}})"
+                for window in touched
+            )
+        )
+        await database.command(
+            f"INSERT INTO {database.name}.aggregates (window, window_start, dimension, key, "
+            "partition, revenue, units, orders, discount_sum, version) "
+            f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, units, "
+            f"orders, discount_sum, {time.time_ns()} "
+            f"FROM ({late_sales_totals(database.name, where)})",
+            dict(touched),
+        )
+        self._everything, self._touched = False, {}

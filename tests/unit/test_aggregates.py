@@ -142,13 +142,13 @@ def test_closed_windows_are_evicted_and_the_marker_kept() -> None:
 
 
 def test_update_messages_carry_absolute_exact_totals() -> None:
-    facts = frame([(ms("2024-01-01T10:00:00"), "Blender", "North", 3, 12_345, 250_000, 0)])
+    facts = frame([(ms("2024-01-01T10:00:00"), 'Blender "Pro" é', "North", 3, 12_345, 250_000, 0)])
     state: dict[str, list[int]] = {}
     changed = fold(state, 2, facts, np.array([0]))
     messages = {
         m.key.decode(): (m.partition, json.loads(m.value)) for m in update_messages(state, changed)
     }
-    partition, value = messages[f"day|{ms('2024-01-01T00:00:00')}|product|Blender"]
+    partition, value = messages[f'day|{ms("2024-01-01T00:00:00")}|product|Blender "Pro" é']
     assert partition == 2
     assert value["revenue"] == "123.45" and value["discount_sum"] == "0.250000"
     assert value["units"] == 3 and value["orders"] == 1
