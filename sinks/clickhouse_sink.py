@@ -36,6 +36,8 @@ MAX_FETCH_BYTES = 16 * 2**20
 RECONCILE_SECONDS = 0.5
 """How often finished sources are looked for: the accounting queries scan the tables,
 so not after every flush of a busy sink."""
+LATE_RECONCILE_SECONDS = 2.0
+"""How often late sales are brought into the aggregates: that recomputes whole windows."""
 
 
 @dataclass
@@ -99,6 +101,7 @@ class ClickHouseSink:
         self._stopping = asyncio.Event()
         self._reconciled = 0.0
         self._late = LateWindows()
+        self._late_reconciled = 0.0
 
     async def run(self) -> None:
         """Consume and write until `stop`; the last partial batch is written first."""
@@ -212,7 +215,9 @@ class ClickHouseSink:
         again next time."""
         self._reconciled = time.monotonic()
         try:
-            await self._late.reconcile(self._db)
+            if time.monotonic() - self._late_reconciled >= LATE_RECONCILE_SECONDS:
+                self._late_reconciled = time.monotonic()
+                await self._late.reconcile(self._db)
             done = await self._history.reconcile()
         except Exception as exc:
             if not is_retryable(exc):

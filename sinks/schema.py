@@ -136,7 +136,8 @@ _WINDOW_START = """multiIf(
 
 def late_sales_totals(db: str, where: str = "1") -> str:
     """Totals per window and dimension value of the sales that were late for that
-    window, in the columns of `aggregates`: what the workers could not fold."""
+    window, in the columns of `aggregates`: what the workers could not fold. `where`
+    picks windows by `window` and `window_start` before the dimensions fan out."""
     return f"""
         SELECT window, window_start, dimension_key.1 AS dimension, dimension_key.2 AS key,
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
@@ -145,10 +146,10 @@ def late_sales_totals(db: str, where: str = "1") -> str:
             SELECT window, toDateTime64({_WINDOW_START}, 3, 'UTC') AS window_start,
                 product, region, category, store_id, revenue, quantity, discount
             FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
+            WHERE notEmpty(late_windows) AND ({where})
         )
         ARRAY JOIN [('total', ''), ('product', product), ('region', region),
             ('category', category), ('store', store_id)] AS dimension_key
-        WHERE {where}
         GROUP BY window, window_start, dimension, key"""
 
 
