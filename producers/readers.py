@@ -48,6 +48,8 @@ __all__ = [
     "FileFormat",
     "RowChunk",
     "UnreadableFileError",
+    "decode_exact_json",
+    "json_cell",
     "read_chunks",
     "sha256_of",
     "sniff_format",
@@ -684,6 +686,11 @@ class _JsonArrayScanner:
                 return ""
 
 
+def decode_exact_json(text: str) -> Any:
+    """A JSON document with every number kept as its source text (see `_JsonNumber`)."""
+    return _JSON.decode(text)
+
+
 def _ndjson_records(blocks: Iterator[str]) -> Iterator[_Record]:
     for number, line in enumerate(_split_lines(blocks, universal=False), 1):
         if not line.strip():
@@ -716,7 +723,7 @@ def _json_chunks(records: Iterator[_Record], budget: _Budget) -> Iterator[RowChu
     since = budget.chars
     for number, record in itertools.chain([first], records):
         if isinstance(record, dict):
-            rows.append([_json_cell(record.get(key)) for key in keys])
+            rows.append([json_cell(record.get(key)) for key in keys])
             lines.append(number)
         else:
             unparseable.append((number, record))
@@ -728,7 +735,7 @@ def _json_chunks(records: Iterator[_Record], budget: _Budget) -> Iterator[RowChu
         yield RowChunk(columns, rows, lines, unparseable)
 
 
-def _json_cell(value: Any) -> str | None:
+def json_cell(value: Any) -> str | None:
     """A JSON value as the row text cleaning expects: null is absent, the rest is text."""
     if value is None:
         return None

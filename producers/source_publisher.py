@@ -111,9 +111,13 @@ class SourcePublisher:
 
         Raises UnreadableFileError for a record too large for any message."""
         values = await asyncio.to_thread(raw_messages, chunk, source, seq, seen_at)
+        await self.publish(source, values)
+        return len(values)
+
+    async def publish(self, source: SourceRef, values: list[bytes]) -> None:
+        """Publish `sales.raw` values made by `raw_messages`, one message per request."""
         for value in values:
             await self._publisher.publish(self._raw_topic, [Message(source.id.encode(), value)])
-        return len(values)
 
     def sources_done(self, source_ids: Iterable[str]) -> None:
         """Told by a sink in the same process, so a source need not wait for the next poll."""
