@@ -1,8 +1,9 @@
 """Poller: one HTTP API's sales, pulled on a schedule and published like a file's rows.
 
-A poll run fetches every page (up to `max_pages`) before it publishes anything, so a
-failure or a crash mid-pagination leaves nothing downstream and the cursor where it
-was: the next run starts again from it. The fetched rows are then written to a spool
+A poll run fetches every page (up to `max_pages`) before it publishes or records
+anything, so a failure or a crash mid-pagination leaves nothing downstream and the
+cursor where it was: the next run starts again from it (a failure is then recorded
+in the history with its reason). The fetched rows are then written to a spool
 (`<data_dir>/pollers/<name>.json`, atomically) before they are published, so a run
 that crashed after that point is published again with the same source id and lines
 after a restart, and its rows replace themselves downstream, exactly as a file
@@ -113,9 +114,8 @@ class Poller:
     ) -> None:
         self.config = config
         self.name = config.name
-        aliases = dict(rules.column_aliases)
-        for column, spellings in config.column_aliases.items():
-            aliases[column] = [*spellings, *aliases.get(column, [])]
+        # As in `cleaning`: a column named here gets these spellings instead of its own.
+        aliases = {**rules.column_aliases, **config.column_aliases}
         self._rules = rules.model_copy(update={"column_aliases": aliases})
         self._sources = sources
         self._state_path = state_file(data_dir, config.name)
@@ -167,7 +167,6 @@ class Poller:
         clock = time.monotonic()
         source = SourceRef("poll", _run_id(self.name, state.cursor, started), self.name)
         history = self._sources.history
-        entry = await history.start(source, started)
         try:
             records, pages = await self._fetch(state.cursor)
             chunks = [
@@ -177,6 +176,7 @@ class Poller:
             _messages(source, chunks, started.timestamp())  # a record too large fails here
         except (PageError, PollError, UnreadableFileError) as exc:
             reason = redact(" ".join(str(exc).split()), self._secrets)
+            entry = await history.start(source, started, started)
             entry = await history.fail(entry, reason)
             metrics.POLLER_RUNS.labels(self.name, "failed").inc()
             metrics.POLLER_RUN_SECONDS.labels(self.name).observe(time.monotonic() - clock)
@@ -208,7 +208,8 @@ class Poller:
         source = SourceRef("poll", pending.source_id, self.name)
         entry = await history.get(pending.source_id)
         if entry is None:
-            entry = await history.start(source, datetime.fromtimestamp(pending.seen_at, UTC))
+            seen_at = datetime.fromtimestamp(pending.seen_at, UTC)
+            entry = await history.start(source, seen_at, seen_at)
         if entry.status is not SourceStatus.DONE:
             chunks = pending.row_chunks()
             await self._sources.publish(source, _messages(source, chunks, pending.seen_at))

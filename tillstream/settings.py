@@ -288,7 +288,9 @@ class PollerConfig(_Frozen):
     records_path: str = ""
     """Dotted path to the records array in a page's JSON body; empty: the body itself."""
     column_aliases: dict[str, list[str]] = {}
-    """Added to `cleaning.column_aliases` for this API's field names (dotted for nested)."""
+    """This API's field names (dotted for nested ones), merged into
+    `cleaning.column_aliases` as a settings file's are: a column named here has these
+    spellings (and its own name) only."""
     auth: PollerAuthConfig = PollerAuthConfig()
     pagination: PaginationConfig = PaginationConfig()
     cursor: CursorConfig | None = None
