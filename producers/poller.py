@@ -132,6 +132,10 @@ class Poller:
         """Forever: one run per `interval_seconds`, started only inside the active window.
         A failed run is recorded and the schedule goes on."""
         config = self.config
+        try:
+            await self._recover()
+        except Exception:
+            log.exception("poller %s: the run left by a restart stopped", self.name)
         while True:
             wait = seconds_until_active(
                 datetime.now(UTC), config.active_from, config.active_until, config.timezone
@@ -154,13 +158,20 @@ class Poller:
         async with self._lock:
             state = await asyncio.to_thread(self._load)
             if state.pending is not None:
-                log.info(
-                    "poller %s resumes run id=%s after a restart",
-                    self.name,
-                    state.pending.source_id[:12],
-                )
-                return await self._finish(state, state.pending)
+                return await self._resume(state, state.pending)
             return await self._run(state)
+
+    async def _recover(self) -> None:
+        """At start, whatever the window: finish a run left by a crash, so its records are
+        not held back until the next run."""
+        async with self._lock:
+            state = await asyncio.to_thread(self._load)
+            if state.pending is not None:
+                await self._resume(state, state.pending)
+
+    async def _resume(self, state: _State, pending: _PendingRun) -> HistoryEntry:
+        log.info("poller %s resumes run id=%s after a restart", self.name, pending.source_id[:12])
+        return await self._finish(state, pending)
 
     async def _run(self, state: _State) -> HistoryEntry:
         started = datetime.now(UTC)

@@ -174,7 +174,8 @@ def records_chunk(records: Sequence[Any], rules: CleaningRules, first_line: int 
     (flattened) keys, those the rules map renamed to their canonical name so the
     cleaning stage maps them the same way (an unmapped key spelt like a canonical
     column another key fills is left out, so no name is there twice); an element that
-    is not an object is an unparseable record, as in a JSON file."""
+    is not an object is an unparseable record, as in a JSON file. `records` are as
+    `decode_exact_json` gives them, numbers still their source text."""
     flat: list[dict[str, Any] | None] = [
         flatten(record) if isinstance(record, dict) else None for record in records
     ]

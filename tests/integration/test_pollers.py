@@ -7,7 +7,9 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -15,8 +17,11 @@ from typing import Any
 
 import pytest
 
+from producers.polling import records_chunk
+from producers.readers import decode_exact_json
 from tests.pipeline import Pipeline
 from tests.sales_api import Route, SalesApi, api_key, basic, bearer, revenue
+from tillstream.settings import load_settings
 
 pytestmark = pytest.mark.integration
 
@@ -128,8 +133,11 @@ def state_of(pipeline: Pipeline, name: str) -> dict[str, Any]:
     return state
 
 
-def assert_landed_exactly_once(pipeline: Pipeline, name: str, route: Route) -> None:
-    """ClickHouse holds every valid record once, and quarantines each invalid one once."""
+def assert_landed_exactly_once(
+    pipeline: Pipeline, name: str, route: Route, running: bool = False
+) -> None:
+    """ClickHouse holds every valid record once and quarantines each invalid one, and
+    every run is done and accounted for, or failed (or, if `running`, is the newest)."""
     count, orders, total = pipeline.query(
         "SELECT count(), uniqExact(order_id), toString(sum(revenue)) "
         f"FROM tillstream.sales FINAL WHERE source = '{name}'"
@@ -148,9 +156,13 @@ def assert_landed_exactly_once(pipeline: Pipeline, name: str, route: Route) -> N
     )
     invalid = sorted(r["orderRef"] for r in route.records if not isinstance(r["qty"], int))
     assert rejected == [[ref, ["invalid_quantity"]] for ref in invalid]
-    for run in runs_of(pipeline, name):
-        assert run["status"] == "done", run
-        assert run["valid"] + run["rejected"] + run["duplicates"] == run["rows_read"]
+    runs = runs_of(pipeline, name)
+    if running and runs and runs[0]["status"] == "processing":
+        runs = runs[1:]
+    for run in runs:
+        assert run["status"] in ("done", "failed"), run
+        if run["status"] == "done":
+            assert run["valid"] + run["rejected"] + run["duplicates"] == run["rows_read"]
 
 
 def test_every_pagination_style_and_auth_kind_lands_each_record_once(
@@ -211,7 +223,7 @@ def test_every_pagination_style_and_auth_kind_lands_each_record_once(
     status = subprocess.run(
         pipeline.command("status", "--json"), capture_output=True, text=True, check=True
     )
-    with __import__("urllib.request").request.urlopen(f"{pipeline.api_url}/metrics") as page:
+    with urllib.request.urlopen(f"{pipeline.api_url}/metrics") as page:
         metrics_text = page.read().decode()
     assert pipeline.stop() == 0
     log = pipeline.log_file.read_text(encoding="utf-8", errors="replace")
@@ -219,3 +231,119 @@ def test_every_pagination_style_and_auth_kind_lands_each_record_once(
     for text in (log, status.stdout, metrics_text):
         for secret in [*SECRETS, BASIC_HEADER]:
             assert secret not in text
+
+
+def test_a_failed_poll_keeps_its_cursor_and_records_why(
+    make_pipeline: Callable[..., Pipeline], api: SalesApi, secrets_in_environment: Path
+) -> None:
+    [config] = pollers(api, secrets_in_environment, max_attempts=3, **idle_window())[:1]
+    wrong_token = {**config, "name": "refused", "auth": {"kind": "bearer", "secret_env": "HOME"}}
+    pipeline = make_pipeline(config={"pollers": [config, wrong_token]})
+    route = api.routes["page"]
+    route.add(12)
+    pipeline.start()
+    assert poll_once(pipeline, "page").returncode == 0
+    route.add(12)
+
+    failures = {
+        "bad_json": "page 2 is not valid JSON: Expecting",
+        "wrong_shape": "page 2: 'data' is an object, not an array of records",
+        "500": "page 2: HTTP 500 after 3 attempts",
+    }
+    for fault, reason in failures.items():
+        route.faults.extend([None, fault, fault, fault])
+        failed = poll_once(pipeline, "page")
+        assert failed.returncode == 1
+        entry = json.loads(failed.stdout)
+        assert entry["status"] == "failed"
+        assert entry["error"].startswith(reason)
+        route.faults.clear()
+        assert state_of(pipeline, "page") == {"cursor": "2025-03-14T12:00:0012Z", "pending": None}
+    refused = subprocess.run(
+        pipeline.command("poll", "--once", "refused"), capture_output=True, text=True
+    )
+    assert refused.returncode == 1
+    assert refused.stdout.strip().endswith(f"page 1: HTTP 401 from {api.url}/page")
+
+    # Nothing of the failed runs was published: the next run brings every record once.
+    assert int(pipeline.scalar("SELECT count() FROM tillstream.sales")) == len(
+        [r for r in route.records[:12] if isinstance(r["qty"], int)]
+    )
+    assert poll_once(pipeline, "page").returncode == 0
+    assert_landed_exactly_once(pipeline, "page", route)
+    history = runs_of(pipeline, "page")
+    assert [run["status"] for run in history] == ["done", "failed", "failed", "failed", "done"]
+    assert pipeline.metric("tillstream_poller_runs_total", poller="page", status="failed") == 3
+
+
+def test_a_kill_mid_pagination_then_restart_loses_and_repeats_nothing(
+    make_pipeline: Callable[..., Pipeline], api: SalesApi, secrets_in_environment: Path
+) -> None:
+    [config] = pollers(api, secrets_in_environment, interval_seconds=0.5)[:1]
+    pipeline = make_pipeline(config={"pollers": [config]})
+    route = api.routes["page"]
+    route.add(28)
+    route.faults.extend([None, None, "hold"])  # the first run hangs on its third page
+    pipeline.start()
+    pipeline.wait_for(lambda: api.held.wait(0.1), 60, "the third page to be asked for")
+    pipeline.kill()
+    api.release.set()
+    assert not (pipeline.data_dir / "pollers" / "page.json").exists()
+
+    # On its own schedule after the restart, including records added meanwhile.
+    route.add(9)
+    pipeline.start()
+
+    def caught_up() -> bool:
+        done = [run for run in runs_of(pipeline, "page") if run["status"] == "done"]
+        state = state_of(pipeline, "page") if done else {}
+        return state.get("cursor") == route.records[-1]["updated_at"]
+
+    pipeline.wait_for(caught_up, 120, "the poller to reach the newest record")
+    route.add(6)
+    newest = route.records[-1]["updated_at"]
+    pipeline.wait_for(
+        lambda: state_of(pipeline, "page")["cursor"] == newest, 60, "records added between polls"
+    )
+    assert_landed_exactly_once(pipeline, "page", route, running=True)
+    done = [run for run in runs_of(pipeline, "page") if run["status"] == "done"]
+    assert sum(run["rows_read"] - run["duplicates"] for run in done) == len(route.records)
+
+
+def test_a_run_spooled_before_a_crash_is_published_again_under_its_own_id(
+    make_pipeline: Callable[..., Pipeline], api: SalesApi, secrets_in_environment: Path
+) -> None:
+    """A crash after a run's pages were fetched and spooled, before they were accounted
+    for: at start, the spooled rows go out again with the run's id and lines, and only
+    then does the cursor move."""
+    [config] = pollers(api, secrets_in_environment, interval_seconds=3600, **idle_window())[:1]
+    pipeline = make_pipeline(config={"pollers": [config]})
+    route = api.routes["page"]
+    route.add(10)
+    rules = load_settings().cleaning
+    rules = rules.model_copy(update={"column_aliases": {**rules.column_aliases, **COLUMNS}})
+    chunk = records_chunk(decode_exact_json(json.dumps(route.records)), rules)
+    run_id = "5" * 64
+    spool = pipeline.data_dir / "pollers" / "page.json"
+    spool.parent.mkdir(parents=True)
+    pending = {
+        "source_id": run_id,
+        "seen_at": 1741950000.0,
+        "cursor": None,
+        "next_cursor": route.records[-1]["updated_at"],
+        "pages": 2,
+        "chunks": [asdict(chunk)],
+    }
+    spool.write_text(json.dumps({"cursor": None, "pending": pending}), encoding="utf-8")
+    pipeline.start()
+
+    pipeline.wait_for(lambda: state_of(pipeline, "page")["pending"] is None, 60, "the resumed run")
+    assert state_of(pipeline, "page")["cursor"] == route.records[-1]["updated_at"]
+    [run] = runs_of(pipeline, "page")
+    assert (run["source_id"], run["status"], run["rows_read"]) == (run_id, "done", 10)
+    assert route.queries == []  # finishing the spooled run asked the API for nothing
+    assert_landed_exactly_once(pipeline, "page", route)
+    lines = pipeline.query(
+        f"SELECT line FROM tillstream.sales FINAL WHERE source_id = '{run_id}' ORDER BY line"
+    )
+    assert [line for [line] in lines] == [r["id"] for r in route.valid]
