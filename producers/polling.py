@@ -7,7 +7,7 @@ where its input is open-ended.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock
 from decimal import Decimal, InvalidOperation
@@ -17,7 +17,7 @@ from urllib.parse import urljoin, urlsplit
 from zoneinfo import ZoneInfo
 
 from processors.cleaning import map_columns
-from producers.readers import RowChunk, json_cell
+from producers.readers import RowChunk, json_cell, json_text
 from tillstream.settings import CleaningRules
 
 __all__ = [
@@ -64,7 +64,6 @@ def json_at(document: Any, path: str) -> Any:
     return value
 
 
-_LINK = re.compile(r"<([^>]*)>\s*((?:;\s*[^;,]*)*)")
 _PARAM = re.compile(r';\s*([!#$%&\'*+\-.^_`|~0-9A-Za-z]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^;,\s]*)')
 
 
@@ -73,14 +72,36 @@ def next_link(header: str | None, base_url: str) -> str | None:
     page's URL; None when there is none."""
     if not header:
         return None
-    for match in _LINK.finditer(header):
-        for name, value in _PARAM.findall(match[2]):
+    for target, parameters in _link_values(header):
+        for name, value in _PARAM.findall(parameters):
             if name.lower() != "rel":
                 continue
             relations = value.strip('"').lower().split()
             if "next" in relations:
-                return urljoin(base_url, match[1].strip())
+                return urljoin(base_url, target.strip())
     return None
+
+
+def _link_values(header: str) -> Iterator[tuple[str, str]]:
+    """(target, parameters) of each link-value; a comma inside a quoted parameter
+    (`title="a, b"`) does not end it."""
+    position = 0
+    while (start := header.find("<", position)) >= 0:
+        end = header.find(">", start)
+        if end < 0:
+            return
+        cursor, quoted = end + 1, False
+        while cursor < len(header):
+            char = header[cursor]
+            if quoted and char == "\\":
+                cursor += 1
+            elif char == '"':
+                quoted = not quoted
+            elif char == "," and not quoted:
+                break
+            cursor += 1
+        yield header[start + 1 : end], header[end + 1 : cursor]
+        position = cursor + 1
 
 
 def same_origin(url: str, other: str) -> bool:
@@ -190,7 +211,7 @@ def records_chunk(records: Sequence[Any], rules: CleaningRules, first_line: int 
     unparseable: list[tuple[int, str]] = []
     for line, (record, original) in enumerate(zip(flat, records, strict=True), first_line):
         if record is None:
-            unparseable.append((line, json_cell(original) or "null"))
+            unparseable.append((line, json_text(original)))
         else:
             rows.append([json_cell(record.get(key)) for key in ordered])
             lines.append(line)

@@ -50,6 +50,7 @@ __all__ = [
     "UnreadableFileError",
     "decode_exact_json",
     "json_cell",
+    "json_text",
     "read_chunks",
     "sha256_of",
     "sniff_format",
@@ -630,7 +631,7 @@ class _JsonArrayScanner:
         for number in itertools.count(1):
             self._skip_space()
             value = self._value(number)
-            yield number, value if isinstance(value, dict) else _json_text(value)
+            yield number, value if isinstance(value, dict) else json_text(value)
             separator = self._skip_space()
             self._pos += 1
             if separator == "]":
@@ -741,7 +742,7 @@ def json_cell(value: Any) -> str | None:
         return None
     if isinstance(value, str):
         return _utf8(str(value))
-    return _json_text(value)
+    return json_text(value)
 
 
 def _utf8(text: str) -> str:
@@ -765,7 +766,7 @@ class _Literal(str):
 _OPEN_LIST, _CLOSE_LIST, _OPEN_OBJECT, _CLOSE_OBJECT, _COMMA = map(_Literal, "[]{},")
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """Compact JSON text of a decoded value, numbers exactly as they were written.
 
     Iterative, so any depth the decoder accepted re-serialises without recursion.
