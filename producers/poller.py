@@ -265,7 +265,7 @@ class Poller:
                 value = json_at(record, self.config.cursor.field)
             except KeyError:
                 continue
-            if isinstance(value, str | int) and not isinstance(value, bool) and str(value):
+            if isinstance(value, str) and value:  # numbers too: decoded as their text
                 cursor = later_cursor(cursor, str(value))
         return cursor
 
@@ -324,7 +324,9 @@ class Poller:
         self, session: aiohttp.ClientSession, url: str, query: dict[str, str], page: int
     ) -> tuple[CIMultiDictProxy[str], bytes, str]:
         config = self.config
-        for attempt in range(1, config.max_attempts + 1):
+        attempt = 0
+        while True:
+            attempt += 1
             wait: float | None = None
             try:
                 async with session.request(config.method, url, params=query) as response:
@@ -368,7 +370,6 @@ class Poller:
                 wait,
             )
             await asyncio.sleep(wait)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- state ----------------------------------------------------------------------
 
@@ -410,10 +411,6 @@ class Poller:
                 os.fsync(directory)
             finally:
                 os.close(directory)
-
-    def cursor(self) -> str | None:
-        """The committed cursor, for status and tests."""
-        return self._load().cursor
 
 
 def _messages(source: SourceRef, chunks: list[RowChunk], seen_at: float) -> list[bytes]:

@@ -116,7 +116,7 @@ def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # not `¹`, which isdigit() also accepts
         return float(value)
     try:
         when = parsedate_to_datetime(value)
@@ -205,7 +205,8 @@ def records_chunk(records: Sequence[Any], rules: CleaningRules, first_line: int 
     ordered = [key for key in keys if key in canonical] + [
         key for key in keys if key not in canonical and key not in rules.column_aliases
     ]
-    columns = [canonical.get(key, key) for key in ordered]
+    # A key may hold a lone surrogate (`"\ud800"`), which cannot be sent as UTF-8.
+    columns = [json_cell(canonical.get(key, key)) or "" for key in ordered]
     rows: list[list[str | None]] = []
     lines: list[int] = []
     unparseable: list[tuple[int, str]] = []
