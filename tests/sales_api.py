@@ -11,6 +11,7 @@ import asyncio
 import base64
 import json
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,6 +63,8 @@ class Route:
     (answers after SLOW_SECONDS), "bad_json", "wrong_shape", "hold" (answers once
     `SalesApi.release` is set)."""
     queries: list[dict[str, str]] = field(default_factory=list)
+    times: list[float] = field(default_factory=list)
+    """When each request arrived (monotonic seconds)."""
 
     def add(self, count: int) -> list[dict[str, Any]]:
         start = len(self.records) + 1
@@ -124,6 +127,7 @@ class SalesApi:
     async def _admit(self, request: web.Request, route: Route) -> web.StreamResponse | None:
         """The fault planned for this request, or an auth refusal; None to serve it."""
         route.queries.append(dict(request.query))
+        route.times.append(time.monotonic())
         if not route.auth(request):
             return web.json_response({"error": "unauthorised"}, status=401)
         fault = route.faults.popleft() if route.faults else None

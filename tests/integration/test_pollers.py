@@ -186,7 +186,9 @@ def test_every_pagination_style_and_auth_kind_lands_each_record_once(
         assert done.returncode == 0, done.stdout + done.stderr + pipeline.log_tail()
         entry = json.loads(done.stdout)
         assert (entry["status"], entry["rows_read"]) == ("done", 23)
-    assert routes["offset"].queries[0] == routes["offset"].queries[1]  # 429 retried as it was
+    # The 429 said "Retry-After: 1": the same request again, a second later, not sooner.
+    assert routes["offset"].queries[0] == routes["offset"].queries[1]
+    assert routes["offset"].times[1] - routes["offset"].times[0] >= 0.95
 
     # Records added between polls; the cursor of the last run picks up where it left.
     for route in routes.values():

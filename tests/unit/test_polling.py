@@ -3,6 +3,7 @@ windows, cursors, records as rows, redaction, and the pollers' settings."""
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, time, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -26,9 +27,17 @@ from producers.polling import (
     seconds_until_active,
 )
 from producers.readers import decode_exact_json
+from tillstream.cli import main
 from tillstream.settings import ConfigError, default_rules, load_settings
 
 NOW = datetime(2025, 3, 14, 12, 0, tzinfo=UTC)
+
+
+@pytest.fixture(autouse=True)
+def no_tillstream_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("TILLSTREAM_"):
+            monkeypatch.delenv(name)
 
 
 @pytest.mark.parametrize(
@@ -290,3 +299,37 @@ def test_a_key_that_cannot_be_sent_as_utf8_is_kept_as_its_escape() -> None:
     assert chunk.columns == ["order_id", "\\ud800x"]
     assert chunk.rows == [["A", "\\ud800"]]
     "".join(chunk.columns + [cell or "" for cell in chunk.rows[0]]).encode("utf-8")
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (
+            ["poll", "--once", "nope"],
+            "tillstream: error: invalid setting pollers: no poller is named nope",
+        ),
+        (
+            ["poll", "--once", "shop"],
+            "tillstream: error: invalid setting kafka.bootstrap_servers: `poll --once` needs a "
+            "running `tillstream up` or an external Kafka",
+        ),
+        (
+            ["poll"],
+            "tillstream: error: invalid setting kafka.bootstrap_servers: required to run poll "
+            "as a separate component",
+        ),
+    ],
+)
+def test_poll_without_somewhere_to_publish_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    expected: str,
+) -> None:
+    config = tmp_path / "tillstream.yaml"
+    config.write_text(
+        f"data_dir: {tmp_path / 'data'}\npollers:\n  - {{name: shop, url: 'http://127.0.0.1:9'}}\n"
+    )
+    assert main(["--config", str(config), *argv]) == 2
+    assert capsys.readouterr().err == expected + "\n"
