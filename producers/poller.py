@@ -57,6 +57,9 @@ __all__ = ["PollError", "Poller", "state_file"]
 log = logging.getLogger(__name__)
 
 MAX_RETRY_AFTER_SECONDS = 3600.0
+MAX_PAGE_BYTES = 64 * 2**20
+"""A page is held whole to be parsed; one larger than this fails the run instead of
+the process. Smaller pages (`page_size`) are the remedy."""
 
 
 class PollError(Exception):
@@ -330,7 +333,7 @@ class Poller:
             wait: float | None = None
             try:
                 async with session.request(config.method, url, params=query) as response:
-                    body = await response.read()
+                    body = await _read_bounded(response, page)
                     status, headers, final = response.status, response.headers, str(response.url)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 outcome = "connection_error"
@@ -418,6 +421,15 @@ def _messages(source: SourceRef, chunks: list[RowChunk], seen_at: float) -> list
     for chunk in chunks:
         values += raw_messages(chunk, source, len(values), seen_at)
     return values
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, page: int) -> bytes:
+    body = bytearray()
+    async for block in response.content.iter_chunked(2**16):
+        body += block
+        if len(body) > MAX_PAGE_BYTES:
+            raise PageError(f"page {page} is larger than {MAX_PAGE_BYTES // 2**20} MiB")
+    return bytes(body)
 
 
 def _decode(body: bytes, page: int) -> Any:
