@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from multidict import CIMultiDictProxy
 from pydantic import SecretStr
 
 from producers.polling import (
@@ -95,6 +94,8 @@ class _PendingRun:
 
 @dataclass
 class _State:
+    """What the state file holds: the committed cursor and the run in flight, if any."""
+
     cursor: str | None
     pending: _PendingRun | None = None
 
@@ -299,7 +300,7 @@ class Poller:
                         paging.offset_param: str((page - 1) * paging.page_size),
                         paging.limit_param: str(paging.page_size),
                     }
-                headers, body, page_url = await self._request(session, url, query, page)
+                body, page_url, link_header = await self._request(session, url, query, page)
                 document = _decode(body, page)
                 found = _records(document, config.records_path, page)
                 records.extend(found)
@@ -314,7 +315,7 @@ class Poller:
                         return records, page
                     query = {**params, paging.cursor_param: token}
                 else:
-                    link = next_link(headers.get("Link"), page_url)
+                    link = next_link(link_header, page_url)
                     if link is None:
                         return records, page
                     if not same_origin(config.url, link):
@@ -325,7 +326,8 @@ class Poller:
 
     async def _request(
         self, session: aiohttp.ClientSession, url: str, query: dict[str, str], page: int
-    ) -> tuple[CIMultiDictProxy[str], bytes, str]:
+    ) -> tuple[bytes, str, str | None]:
+        """A page's body, its final URL and its `Link` header, retrying what may pass."""
         config = self.config
         attempt = 0
         while True:
@@ -341,7 +343,7 @@ class Poller:
             else:
                 if 200 <= status < 300:
                     metrics.POLLER_REQUESTS.labels(self.name, "ok").inc()
-                    return headers, body, final
+                    return body, final, headers.get("Link")
                 problem = f"HTTP {status}"
                 if status == 429:
                     outcome = "rate_limited"
