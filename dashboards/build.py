@@ -433,6 +433,23 @@ def sales_overview() -> dashboard.Dashboard:
             height=8,
         )
     )
+    board.with_panel(
+        table_panel(
+            "Anomalies",
+            "Sales of any product whose revenue is an outlier for that product: robust "
+            "z-score against its recent sales (empty score: the baseline had no spread).",
+            SQL(
+                """
+                SELECT sold_at, order_id, product, revenue, round(score, 1) AS score,
+                    baseline_median, baseline_mad
+                FROM ${database}.anomaly_report
+                WHERE $__timeFilter(sold_at)
+                ORDER BY isNull(score) DESC, abs(score) DESC
+                LIMIT 100"""
+            ),
+            height=8,
+        )
+    )
     return board
 
 
@@ -690,6 +707,22 @@ def pipeline_health() -> dashboard.Dashboard:
                     "written {{table}}",
                     "C",
                 ),
+            ],
+            datasource=PROMETHEUS,
+            unit="rowsps",
+        )
+    ).with_panel(
+        ts_panel(
+            "Late sales and anomalies",
+            "Sales per second that arrived after their window closed (by window size; the "
+            "sink reconciles them into the aggregates), and revenue outliers found.",
+            [
+                promql(
+                    f"sum by (window) (rate(tillstream_worker_late_sales_total{RATE}))",
+                    "late for {{window}}",
+                    "A",
+                ),
+                promql(f"sum(rate(tillstream_worker_anomalies_total{RATE}))", "anomalies", "B"),
             ],
             datasource=PROMETHEUS,
             unit="rowsps",

@@ -1,42 +1,68 @@
-"""The Faust app: two agents, cleaning then dedupe.
+"""The Faust app: two agents, cleaning then dedupe and aggregation.
 
 `clean` turns each raw chunk into dead letters and, per dedupe partition, one
-message of validated rows. `dedupe` owns the `seen` table for its partitions
-and emits clean sales, conflicts and duplicates. Both publish through the batch
-publisher and finish publishing before Faust commits their input offset, so a
-crash re-delivers rather than loses.
+message of validated rows. `dedupe` owns the `seen` and `aggregates` tables for
+its partitions: it emits clean sales, conflicts and duplicates, folds each newly
+accepted sale into the windowed aggregates and scores it for anomalies. Both
+publish through the batch publisher and finish publishing before Faust commits
+their input offset, so a crash re-delivers rather than loses.
+
+The dedupe agent publishes its outputs first, then the aggregates changelog
+(with the partition's marker), then the `seen` changelog. A crash between any
+two leaves state that the re-delivered message recognises (docs/architecture.md,
+"Aggregates"), so no sale is folded twice or lost.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import faust
 
+from processors.aggregates import (
+    WINDOWS,
+    Marker,
+    evict_closed,
+    facts_from_clean,
+    fold,
+    late_masks,
+    update_messages,
+)
+from processors.anomalies import RevenueBaseline, anomaly_message
 from processors.chunks import clean_chunk, decode_validated
-from processors.dedupe import dedupe
+from processors.dedupe import accept, classify, expire
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
 from processors.state import BatchedChangelogTable
-from producers.publisher import KafkaPublisher
+from producers.publisher import KafkaPublisher, Message
 from tillstream import metrics
 from tillstream.kafka_security import faust_credentials
-from tillstream.records import SCHEMA_VERSION, SCHEMA_VERSION_HEADER, RawChunk
+from tillstream.records import SCHEMA_HEADERS, RawChunk
 from tillstream.settings import Settings
 from tillstream.topics import Topics
 
-__all__ = ["build_app"]
+__all__ = ["WorkerTables", "build_app"]
 
 log = logging.getLogger(__name__)
 
-_HEADERS = [(SCHEMA_VERSION_HEADER, str(SCHEMA_VERSION).encode())]
+_EXPIRY_INTERVAL_SECONDS = 10.0
+"""How often a partition's closed windows and expired orders are looked for: it scans
+the state, so not after every message."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerTables:
+    """The app's state, whose changelogs may need restoring before start."""
+
+    seen: BatchedChangelogTable
+    aggregates: BatchedChangelogTable
 
 
 def build_app(
     settings: Settings, bootstrap_servers: str, topics: Topics, publisher: KafkaPublisher
-) -> tuple[faust.App, BatchedChangelogTable]:
-    """The app and its dedupe table, whose changelog may need restoring before start."""
+) -> tuple[faust.App, WorkerTables]:
     partitions = settings.kafka.partitions
     app = faust.App(
         f"{settings.kafka.group_prefix}-worker",
@@ -64,10 +90,24 @@ def build_app(
             beacon=app.tables.beacon,
             partitions=partitions,
             key_type=str,
-            help="order id -> [fingerprint, source id, line] of its accepted delivery",
+            help="order id -> its accepted delivery (processors/dedupe.py)",
+        )
+    )
+    aggregates = app.tables.add(
+        BatchedChangelogTable(
+            app,
+            name="aggregates",
+            beacon=app.tables.beacon,
+            partitions=partitions,
+            key_type=str,
+            help="partition|window|start|dimension|key -> totals (processors/aggregates.py)",
         )
     )
     rules = settings.cleaning
+    lateness_ms = settings.worker.allowed_lateness_seconds * 1000
+    retention_seconds = settings.worker.dedupe_retention_days * 86_400
+    baseline = RevenueBaseline(settings.anomalies)
+    expired_at: dict[int, float] = {}
 
     @app.agent(raw_topic, name="clean")
     async def clean(stream: faust.StreamT[bytes]) -> None:
@@ -77,7 +117,7 @@ def build_app(
             now = datetime.now(UTC)
             cleaned = clean_chunk(chunk, rules, partitions, now)
             await publish_cleaned(
-                publisher, topics.dlq.name, topics.validated.name, cleaned, _HEADERS, now
+                publisher, topics.dlq.name, topics.validated.name, cleaned, SCHEMA_HEADERS, now
             )
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
@@ -88,20 +128,64 @@ def build_app(
 
     @app.agent(validated_topic, name="dedupe")
     async def deduplicate(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
+        async for event in stream.events():
             started = time.perf_counter()
-            source, sales = decode_validated(value)
-            output = dedupe(source, sales, seen, datetime.now(UTC))
-            await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
-            await publisher.publish(topics.clean.name, output.clean, _HEADERS)
-            await publish_fitting(
-                publisher, topics.dlq.name, output.dead_letters, _HEADERS, shrink_dead_letter
+            partition, offset = event.message.partition, event.message.offset
+            now = datetime.now(UTC)
+            source, sales = decode_validated(event.value)
+            sorted_out = classify(source, sales, seen, now)
+            marker = Marker.load(aggregates, partition)
+            first_time = offset > marker.offset
+            facts = facts_from_clean(sale.clean_json for sale in sorted_out.new)
+            sold_at = facts["sold_at_ms"].to_numpy()
+            masks = late_masks(
+                sold_at,
+                marker.watermark_ms if first_time else marker.watermark_before_ms,
+                lateness_ms,
             )
-            await publisher.publish(topics.duplicates.name, output.duplicates, _HEADERS)
-            metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(output.clean))
-            metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(output.dead_letters))
-            metrics.WORKER_REJECTS.labels("conflicting_duplicate").inc(len(output.dead_letters))
-            metrics.WORKER_DUPLICATES.inc(len(output.duplicates))
+            clean = [*sorted_out.clean, *accept(source, sorted_out.new, masks.tolist(), seen, now)]
+            updates: list[Message] = []
+            anomalies: list[Message] = []
+            if first_time and len(facts):
+                changed = fold(aggregates, partition, facts, masks)
+                watermark = max(marker.watermark_ms, int(sold_at.max()))
+                Marker(offset, marker.watermark_ms, watermark).store(aggregates, partition)
+                updates = update_messages(aggregates, changed)
+                anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
+                for bit, window in enumerate(WINDOWS):
+                    metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
+            if time.monotonic() - expired_at.get(partition, 0.0) >= _EXPIRY_INTERVAL_SECONDS:
+                expired_at[partition] = time.monotonic()
+                metrics.WORKER_EXPIRED.labels("aggregates").inc(
+                    evict_closed(
+                        aggregates,
+                        partition,
+                        Marker.load(aggregates, partition).watermark_ms,
+                        lateness_ms,
+                    )
+                )
+                metrics.WORKER_EXPIRED.labels("seen").inc(
+                    expire(seen, partition, partitions, int(now.timestamp()) - retention_seconds)
+                )
+            await publisher.publish(topics.clean.name, clean, SCHEMA_HEADERS)
+            await publish_fitting(
+                publisher,
+                topics.dlq.name,
+                sorted_out.dead_letters,
+                SCHEMA_HEADERS,
+                shrink_dead_letter,
+            )
+            await publisher.publish(topics.duplicates.name, sorted_out.duplicates, SCHEMA_HEADERS)
+            await publisher.publish(topics.aggregates.name, updates, SCHEMA_HEADERS)
+            await publisher.publish(topics.anomalies.name, anomalies, SCHEMA_HEADERS)
+            await publisher.publish(aggregates.changelog_topic_name, aggregates.take_changelog())
+            await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
+            metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(clean))
+            metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(sorted_out.dead_letters))
+            metrics.WORKER_REJECTS.labels("conflicting_duplicate").inc(len(sorted_out.dead_letters))
+            metrics.WORKER_DUPLICATES.inc(len(sorted_out.duplicates))
+            metrics.WORKER_AGGREGATE_UPDATES.inc(len(updates))
+            metrics.WORKER_ANOMALIES.inc(len(anomalies))
             metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
 
-    return app, seen
+    return app, WorkerTables(seen, aggregates)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
 from typing import Any
 
@@ -37,9 +37,13 @@ __all__ = [
     "ValidatedSale",
     "clean_chunk",
     "dead_letter",
+    "decimal_text",
     "decode_validated",
     "isoformat",
+    "isoformat_ms",
 ]
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 FINGERPRINT_COLUMNS = [name for name in CLEAN_COLUMNS if name != "revenue_cents"]
 """What makes two deliveries of an order the same sale (revenue follows from the rest;
@@ -71,6 +75,16 @@ class CleanedChunk:
 
 def isoformat(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+
+
+def decimal_text(units: int, scale: int) -> str:
+    """The exact decimal string of a non-negative integer in 1/10**scale units."""
+    whole, fraction = divmod(units, 10**scale)
+    return f"{whole}.{fraction:0{scale}d}"
+
+
+def isoformat_ms(epoch_ms: int) -> str:
+    return isoformat(_EPOCH + timedelta(milliseconds=epoch_ms))
 
 
 def _decimal_text(units: pd.Series, scale: int) -> pd.Series:

@@ -1,7 +1,7 @@
 """What ingesting a file would do, without writing anything anywhere.
 
 The file goes through the same reader, the same `clean_chunk` and the same
-`dedupe` as in the pipeline; the orders accepted before come from ClickHouse
+dedupe as in the pipeline; the orders accepted before come from ClickHouse
 (read-only), so duplicates and conflicts with earlier files are reported too.
 """
 
@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from processors.chunks import clean_chunk, decode_validated
-from processors.dedupe import SeenEntry, dedupe
+from processors.dedupe import SeenEntry, accept, classify
 from producers.publisher import Message
 from producers.readers import read_chunks, sha256_of
 from tillstream.records import RawChunk, SourceRef, decode
@@ -60,8 +60,9 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
             _, sales = decode_validated(message.value)
             unknown = [sale.order_id for sale in sales if sale.order_id not in seen]
             seen.update(await known_orders(unknown))
-            output = dedupe(source, sales, seen, now)
-            report.valid += len(output.clean)
+            output = classify(source, sales, seen, now)
+            accept(source, output.new, [0] * len(output.new), seen, now)
+            report.valid += len(output.clean) + len(output.new)
             report.duplicates += len(output.duplicates)
             _count_dead_letters(report, output.dead_letters)
     return report

@@ -14,13 +14,17 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import faust
+import numpy as np
+import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from faust.serializers import codecs
 
+from processors.aggregates import WINDOWS, Marker, evict_closed, fold, update_messages
 from producers.publisher import KafkaPublisher, Message, partition_for
+from tillstream.records import SCHEMA_HEADERS
 
-__all__ = ["BatchedChangelogTable", "restore_changelog"]
+__all__ = ["BatchedChangelogTable", "restore_changelogs"]
 
 
 class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
@@ -51,48 +55,95 @@ class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
         return pending
 
 
-async def restore_changelog(
-    table: BatchedChangelogTable,
+async def restore_changelogs(
+    seen: BatchedChangelogTable,
+    aggregates: BatchedChangelogTable,
     bootstrap_servers: str,
     publisher: KafkaPublisher,
-    accepted: AsyncIterator[list[tuple[str, str, str, int]]],
+    aggregates_topic: str,
+    lateness_ms: int,
+    accepted: AsyncIterator[pd.DataFrame],
     security: Mapping[str, Any] | None = None,
 ) -> int:
-    """Rebuild a lost `seen` changelog from the accepted orders ClickHouse holds.
+    """Rebuild lost worker state from the accepted orders ClickHouse holds.
 
     The embedded broker keeps topics in memory, so after a restart of `up` the
-    changelog is gone while ClickHouse still has every sale written. Without
-    this, an order seen before the restart would be accepted again. A changelog
-    that still has records (Apache Kafka) is left alone. Returns how many
-    entries were written.
+    changelogs are gone while ClickHouse still has every sale written. Without
+    this, an order seen before the restart would be accepted again, and the
+    aggregates would start again from zero. Both are rebuilt from the same
+    `sales` rows, so they agree. Every window is sent to `sales.aggregates` again,
+    closed ones too, since their last update may not have reached ClickHouse.
+    A changelog that still has records (Apache Kafka) is left alone. Returns how
+    many orders were restored.
     """
-    topic = table.changelog_topic_name
-    partitions = table.partitions
-    replication = int(table.app.conf.topic_replication_factor)
-    if await _has_records(bootstrap_servers, topic, partitions, replication, security or {}):
+    if await _has_records(bootstrap_servers, seen, security or {}):
         return 0
+    await _has_records(bootstrap_servers, aggregates)
+    partitions = seen.partitions
+    totals: dict[str, list[int]] = {}
+    watermarks: dict[int, int] = {}
     restored = 0
-    async for rows in accepted:
-        messages = [
-            Message(
-                codecs.dumps(table.key_serializer, order_id),
-                codecs.dumps(table.value_serializer, [fingerprint, source_id, line]),
-                partition_for(order_id.encode(), partitions),
+    async for page in accepted:
+        order_partitions = np.array(
+            [partition_for(order_id.encode(), partitions) for order_id in page["order_id"]]
+        )
+        masks = np.array(
+            [sum(1 << WINDOWS.index(w) for w in late) for late in page["late_windows"]],
+            dtype=np.int64,
+        )
+        entries = [
+            (order_id, [fingerprint, source_id, int(line), int(mask), int(first_seen)], partition)
+            for order_id, fingerprint, source_id, line, mask, first_seen, partition in zip(
+                page["order_id"],
+                page["fingerprint"],
+                page["source_id"],
+                page["line"],
+                masks,
+                page["first_seen"],
+                order_partitions,
+                strict=True,
             )
-            for order_id, fingerprint, source_id, line in rows
         ]
-        restored += await publisher.publish(topic, messages)
+        restored += await publisher.publish(seen.changelog_topic_name, _changelog(seen, entries))
+        for partition in np.unique(order_partitions):
+            mine = order_partitions == partition
+            fold(totals, int(partition), page[mine], masks[mine])
+            latest = int(page["sold_at_ms"][mine].max())
+            watermarks[int(partition)] = max(watermarks.get(int(partition), latest), latest)
+    await publisher.publish(aggregates_topic, update_messages(totals, list(totals)), SCHEMA_HEADERS)
+    for partition, watermark in watermarks.items():
+        evict_closed(totals, partition, watermark, lateness_ms)
+        Marker(-1, watermark, watermark).store(totals, partition)
+    await publisher.publish(
+        aggregates.changelog_topic_name,
+        _changelog(
+            aggregates, [(key, value, int(key.split("|", 1)[0])) for key, value in totals.items()]
+        ),
+    )
     return restored
 
 
+def _changelog(
+    table: BatchedChangelogTable, entries: list[tuple[str, list[Any], int]]
+) -> list[Message]:
+    """The messages Faust would have sent for these updates."""
+    return [
+        Message(
+            codecs.dumps(table.key_serializer, key),
+            codecs.dumps(table.value_serializer, value),
+            partition,
+        )
+        for key, value, partition in entries
+    ]
+
+
 async def _has_records(
-    bootstrap_servers: str,
-    topic: str,
-    partitions: int,
-    replication: int,
-    security: Mapping[str, Any],
+    bootstrap_servers: str, table: BatchedChangelogTable, security: Mapping[str, Any]
 ) -> bool:
     """Whether the changelog holds anything; a missing one is created as Faust would."""
+    topic = table.changelog_topic_name
+    partitions = table.partitions
+    replication = int(table.app.conf.topic_replication_factor)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     await admin.start()
     try:

@@ -13,41 +13,33 @@ inode since it has no content to hash, and moved (never its target) to failed/.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
-import json
 import logging
 import os
 import pwd
 import shutil
-import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
 from processors.chunks import isoformat
 from processors.cleaning import map_columns
 from processors.corrections import CorrectionIntake, is_export
-from producers.publisher import KafkaPublisher, Message
+from producers.publisher import KafkaPublisher
 from producers.readers import RowChunk, UnreadableFileError, read_chunks, sha256_of
+from producers.source_publisher import MAX_CHUNK_MESSAGE_BYTES, SourcePublisher
 from sinks.history import HistoryEntry, IngestionHistory, SourceStatus
 from tillstream import metrics
-from tillstream.records import RawChunk, SourceRef
+from tillstream.records import SourceRef
 from tillstream.settings import CleaningRules, WatchConfig
 
-__all__ = ["FileIngestor"]
+__all__ = ["MAX_CHUNK_MESSAGE_BYTES", "FileIngestor"]
 
 log = logging.getLogger(__name__)
 
-DONE_POLL_SECONDS = 1.0
 MIN_RECOGNISED_COLUMNS = 2
-MAX_CHUNK_MESSAGE_BYTES = 2**20
-"""Apache Kafka's default `message.max.bytes`. A raw chunk, counted with its column
-names on every row (the cleaning stage's messages carry each row as a JSON object),
-stays under this, so what is made from it fits a broker left at its defaults:
-a larger chunk is split, and a single record larger than this fails the file."""
 ERROR_SUFFIX = ".error.txt"
 
 
@@ -94,65 +86,6 @@ def _refused_id(path: Path) -> str:
     return hashlib.sha256(identity).hexdigest()
 
 
-@dataclass(frozen=True, slots=True)
-class _Part:
-    """Records of a chunk on their way to one `sales.raw` message."""
-
-    rows: list[list[str | None]]
-    lines: list[int]
-    unparseable: list[tuple[int, str]]
-
-    def pieces(self, count: int) -> list[_Part]:
-        """About `count` parts of as many records each, in line order."""
-        count = max(2, min(count, len(self)))
-        rows, bad = len(self.rows), len(self.unparseable)
-        parts = [
-            _Part(
-                self.rows[rows * i // count : rows * (i + 1) // count],
-                self.lines[rows * i // count : rows * (i + 1) // count],
-                self.unparseable[bad * i // count : bad * (i + 1) // count],
-            )
-            for i in range(count)
-        ]
-        return [part for part in parts if len(part)]
-
-    def first_line(self) -> int:
-        return min(self.lines[:1] + [line for line, _ in self.unparseable[:1]])
-
-    def __len__(self) -> int:
-        return len(self.rows) + len(self.unparseable)
-
-
-def _raw_messages(chunk: RowChunk, source: SourceRef, seq: int, seen_at: float) -> list[bytes]:
-    """The chunk as `sales.raw` values numbered from `seq`, split in line order until
-    each fits `MAX_CHUNK_MESSAGE_BYTES`; a single record that does not fails the file."""
-    names_bytes = len(json.dumps(chunk.columns, ensure_ascii=False).encode())
-    pending = [_Part(chunk.rows, chunk.lines, chunk.unparseable)]
-    values: list[bytes] = []
-    while pending:
-        part = pending.pop()
-        value = RawChunk(
-            source=source,
-            seq=seq + len(values),
-            columns=chunk.columns,
-            rows=part.rows,
-            lines=part.lines,
-            unparseable=part.unparseable,
-            seen_at=seen_at,
-        ).to_json()
-        size = len(value) + len(part.rows) * names_bytes
-        if size <= MAX_CHUNK_MESSAGE_BYTES:
-            values.append(value)
-        elif len(part) == 1:
-            raise UnreadableFileError(
-                f"record at line {part.first_line()} is too large: {size / 2**20:.1f} MiB as "
-                f"a message, the limit is {MAX_CHUNK_MESSAGE_BYTES / 2**20:.0f} MiB"
-            )
-        else:
-            pending += reversed(part.pieces(-(-size // MAX_CHUNK_MESSAGE_BYTES)))
-    return values
-
-
 class FileIngestor:
     def __init__(
         self,
@@ -170,12 +103,10 @@ class FileIngestor:
         new sales."""
         self._config = config
         self._rules = rules
-        self._publisher = publisher
-        self._raw_topic = raw_topic
+        self._sources = SourcePublisher(publisher, raw_topic, history)
         self._history = history
         self._on_finished = on_finished
         self._corrections = corrections
-        self._done: dict[str, asyncio.Event] = {}
         self._unmoved: dict[Path, int] = {}
         """Files done or failed that could not leave the inbox yet: the watcher hands them
         back at its next scan, and each try counts here."""
@@ -237,7 +168,7 @@ class FileIngestor:
             return SourceStatus.FAILED
         entry = await self._history.finish_reading(entry, rows)
         log.info("file read name=%s id=%s rows=%d", _printable(path.name), source_id[:12], rows)
-        await self._wait_until_done(source_id)
+        await self._sources.wait_until_done(source_id)
         self._move(path, self._config.archive, source_id, None)
         metrics.FILES.labels("done").inc()
         return SourceStatus.DONE
@@ -265,11 +196,9 @@ class FileIngestor:
         async for chunk in chunks:
             if seq == 0:
                 self._check_header(chunk)
-            values = await asyncio.to_thread(_raw_messages, chunk, source, seq, seen_at)
-            for value in values:
-                await self._publisher.publish(self._raw_topic, [Message(source.id.encode(), value)])
-                metrics.WATCHER_CHUNKS_PUBLISHED.inc()
-            seq += len(values)
+            published = await self._sources.publish_chunk(source, chunk, seq, seen_at)
+            metrics.WATCHER_CHUNKS_PUBLISHED.inc(published)
+            seq += published
             rows += len(chunk.rows) + len(chunk.unparseable)
         metrics.WATCHER_ROWS_READ.inc(rows)
         return rows
@@ -329,28 +258,7 @@ class FileIngestor:
 
     def sources_done(self, source_ids: Iterable[str]) -> None:
         """Told by a sink in the same process, so a file need not wait for the next poll."""
-        for source_id in source_ids:
-            if (event := self._done.get(source_id)) is not None:
-                event.set()
-
-    async def _wait_until_done(self, source_id: str) -> None:
-        """Until the history says done: woken by `sources_done`, or polling for a sink
-        that runs in another process."""
-        event = self._done.setdefault(source_id, asyncio.Event())
-        started = time.monotonic()
-        try:
-            while True:
-                entry: HistoryEntry | None = await self._history.get(source_id)
-                if entry is not None and entry.status is SourceStatus.DONE:
-                    return
-                if time.monotonic() - started > 30:
-                    started = time.monotonic()
-                    log.info("waiting for file id=%s to be fully written", source_id[:12])
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(event.wait(), DONE_POLL_SECONDS)
-                event.clear()
-        finally:
-            self._done.pop(source_id, None)
+        self._sources.sources_done(source_ids)
 
     def _move(self, path: Path, folder: Path, source_id: str, error: str | None) -> None:
         """Move the entry itself (a link stays a link); a failure's reason goes beside it.

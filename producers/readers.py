@@ -49,6 +49,9 @@ __all__ = [
     "FileFormat",
     "RowChunk",
     "UnreadableFileError",
+    "decode_exact_json",
+    "json_cell",
+    "json_text",
     "read_chunks",
     "sha256_of",
     "sniff_format",
@@ -640,7 +643,7 @@ class _JsonArrayScanner:
         for number in itertools.count(1):
             self._skip_space()
             value = self._value(number)
-            yield number, value if isinstance(value, dict) else _json_text(value)
+            yield number, value if isinstance(value, dict) else json_text(value)
             separator = self._skip_space()
             self._pos += 1
             if separator == "]":
@@ -696,6 +699,11 @@ class _JsonArrayScanner:
                 return ""
 
 
+def decode_exact_json(text: str) -> Any:
+    """A JSON document with every number kept as its source text (see `_JsonNumber`)."""
+    return _JSON.decode(text)
+
+
 def _ndjson_records(blocks: Iterator[str]) -> Iterator[_Record]:
     for number, line in enumerate(_split_lines(blocks, universal=False), 1):
         if not line.strip():
@@ -728,7 +736,7 @@ def _json_chunks(records: Iterator[_Record], budget: _Budget) -> Iterator[RowChu
     since = budget.chars
     for number, record in itertools.chain([first], records):
         if isinstance(record, dict):
-            rows.append([_json_cell(record.get(key)) for key in keys])
+            rows.append([json_cell(record.get(key)) for key in keys])
             lines.append(number)
         else:
             unparseable.append((number, record))
@@ -740,13 +748,13 @@ def _json_chunks(records: Iterator[_Record], budget: _Budget) -> Iterator[RowChu
         yield RowChunk(columns, rows, lines, unparseable)
 
 
-def _json_cell(value: Any) -> str | None:
+def json_cell(value: Any) -> str | None:
     """A JSON value as the row text cleaning expects: null is absent, the rest is text."""
     if value is None:
         return None
     if isinstance(value, str):
         return _utf8(str(value))
-    return _json_text(value)
+    return json_text(value)
 
 
 def _utf8(text: str) -> str:
@@ -770,7 +778,7 @@ class _Literal(str):
 _OPEN_LIST, _CLOSE_LIST, _OPEN_OBJECT, _CLOSE_OBJECT, _COMMA = map(_Literal, "[]{},")
 
 
-def _json_text(value: Any) -> str:
+def json_text(value: Any) -> str:
     """Compact JSON text of a decoded value, numbers exactly as they were written.
 
     Iterative, so any depth the decoder accepted re-serialises without recursion.

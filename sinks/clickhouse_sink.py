@@ -9,6 +9,7 @@ that come back in a differently cut batch replace themselves by key.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import logging
 import time
@@ -28,6 +29,7 @@ from sinks.database import (
     retry_while_unavailable,
 )
 from sinks.history import HistoryEntry, IngestionHistory
+from sinks.late_sales import LateWindows, late_windows_touched
 from tillstream import metrics
 from tillstream.settings import SinkConfig
 from tillstream.topics import Topics
@@ -40,6 +42,8 @@ MAX_FETCH_BYTES = 16 * 2**20
 RECONCILE_SECONDS = 0.5
 """How often finished sources are looked for: the accounting queries scan the tables,
 so not after every flush of a busy sink."""
+LATE_RECONCILE_SECONDS = 2.0
+"""How often late sales are brought into the aggregates: that recomputes whole windows."""
 
 
 @dataclass
@@ -81,6 +85,8 @@ class ClickHouseSink:
             topics.clean.name: "sales",
             topics.dlq.name: "quarantine",
             topics.duplicates.name: "duplicates",
+            topics.aggregates.name: "aggregates",
+            topics.anomalies.name: "anomalies",
         }
         self._consumer = AIOKafkaConsumer(
             *self._tables,
@@ -102,6 +108,8 @@ class ClickHouseSink:
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
         self._reconciled = 0.0
+        self._late = LateWindows()
+        self._late_reconciled = 0.0
 
     async def run(self) -> None:
         """Consume and write until `stop`; the last partial batch is written first."""
@@ -143,10 +151,13 @@ class ClickHouseSink:
         started = time.perf_counter()
         for table, values in batch.values.items():
             if values:
-                await self._write_with_retry(table, values)
+                await self._retrying(
+                    f"write to {table}", functools.partial(self._write_isolating, table, values)
+                )
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
                 metrics.SINK_LAST_WRITE.set_to_current_time()
+        self._late.add(late_windows_touched(batch.values.get("sales", [])))
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
         if time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
@@ -173,7 +184,7 @@ class ClickHouseSink:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self._config.retry_max_seconds)
 
-    async def _write_with_retry(self, table: str, values: list[bytes]) -> None:
+    async def _retrying(self, what: str, work: Callable[[], Awaitable[None]]) -> None:
         """Retry connection and storage trouble forever: that is the backpressure, as
         nothing more is consumed meanwhile."""
 
@@ -182,10 +193,7 @@ class ClickHouseSink:
             metrics.SINK_RETRIES.inc()
 
         await retry_while_unavailable(
-            lambda: self._write_isolating(table, values),
-            f"ClickHouse write to {table}",
-            self._config.retry_max_seconds,
-            count,
+            work, f"ClickHouse {what}", self._config.retry_max_seconds, count
         )
 
     async def _write_isolating(self, table: str, values: list[bytes]) -> None:
@@ -207,9 +215,14 @@ class ClickHouseSink:
             await self._write_isolating(table, values[middle:])
 
     async def _reconcile(self) -> None:
-        """Mark finished sources done; while ClickHouse is away, try again next time."""
+        """Bring the late sales of the windows written since last time into the
+        aggregates, and mark finished sources done; while ClickHouse is away, try
+        again next time."""
         self._reconciled = time.monotonic()
         try:
+            if time.monotonic() - self._late_reconciled >= LATE_RECONCILE_SECONDS:
+                self._late_reconciled = time.monotonic()
+                await self._late.reconcile(self._db)
             done = await self._history.reconcile()
         except Exception as exc:
             if not is_retryable(exc):

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import clickhouse_connect
+import pandas as pd
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
@@ -150,6 +151,9 @@ class Database:
 
     async def rows(self, sql: str, parameters: dict[str, Any] | None = None) -> Sequence[Any]:
         return await self.run(lambda client: client.query(sql, parameters=parameters).result_rows)
+
+    async def frame(self, sql: str, parameters: dict[str, Any] | None = None) -> pd.DataFrame:
+        return await self.run(lambda client: client.query_df(sql, parameters=parameters))
 
     async def records(
         self, sql: str, parameters: dict[str, Any] | None = None

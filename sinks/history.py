@@ -114,13 +114,16 @@ class IngestionHistory:
     async def recent(self, limit: int = 50) -> list[HistoryEntry]:
         return await self._select("1", {}, limit)
 
-    async def start(self, source: SourceRef, seen_at: datetime) -> HistoryEntry:
+    async def start(
+        self, source: SourceRef, seen_at: datetime, started_at: datetime | None = None
+    ) -> HistoryEntry:
         entry = HistoryEntry(
             source_id=source.id,
             source_kind=source.kind,
             source_name=source.name,
             status=SourceStatus.PROCESSING,
             seen_at=seen_at,
+            started_at=started_at or datetime.now(UTC),
         )
         await self._save(entry)
         return entry

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from sinks.database import Database
 
-__all__ = ["migrate", "TABLES"]
+__all__ = ["LATE_PARTITION", "TABLES", "VIEWS", "late_sales_totals", "migrate"]
 
 _DEDUP = "non_replicated_deduplication_window = 10000"
 _PROVENANCE = (
@@ -36,6 +36,7 @@ TABLES: dict[str, str] = {
             revenue Decimal(18, 2),
             currency LowCardinality(String),
             customer_email String,
+            late_windows Array(LowCardinality(String)),
             {_PROVENANCE},
             seen_at DateTime64(3, 'UTC'),
             ingested_at DateTime64(3, 'UTC'),
@@ -69,6 +70,39 @@ TABLES: dict[str, str] = {
         ) ENGINE = ReplacingMergeTree(detected_at)
         ORDER BY (source_id, line)
         SETTINGS {_DEDUP}""",
+    "aggregates": f"""
+        CREATE TABLE IF NOT EXISTS {{db}}.aggregates (
+            window LowCardinality(String),
+            window_start DateTime64(3, 'UTC'),
+            dimension LowCardinality(String),
+            key String,
+            partition UInt16,
+            revenue Decimal(18, 2),
+            units UInt64,
+            orders UInt64,
+            discount_sum Decimal(18, 6),
+            version UInt64,
+            written_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = ReplacingMergeTree(version)
+        ORDER BY (window, dimension, key, window_start, partition)
+        SETTINGS {_DEDUP}""",
+    "anomalies": f"""
+        CREATE TABLE IF NOT EXISTS {{db}}.anomalies (
+            order_id String,
+            product LowCardinality(String),
+            sold_at DateTime64(3, 'UTC'),
+            revenue Decimal(18, 2),
+            score Nullable(Float64),
+            baseline_median Decimal(18, 2),
+            baseline_mad Decimal(18, 2),
+            baseline_size UInt32,
+            source String,
+            source_id String,
+            detected_at DateTime64(3, 'UTC'),
+            written_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = ReplacingMergeTree(detected_at)
+        ORDER BY order_id
+        SETTINGS {_DEDUP}""",
     "ingestion_history": """
         CREATE TABLE IF NOT EXISTS {db}.ingestion_history (
             source_id String,
@@ -90,7 +124,78 @@ TABLES: dict[str, str] = {
 }
 
 
+LATE_PARTITION = 65535
+"""The `aggregates.partition` of the totals the sink reconciles from late sales."""
+
+_WINDOW_START = """multiIf(
+    window = 'minute', toStartOfMinute(sold_at),
+    window = 'hour', toStartOfHour(sold_at),
+    window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
+    toDateTime64(toStartOfMonth(sold_at), 3, 'UTC'))"""
+
+
+def late_sales_totals(db: str, where: str = "1") -> str:
+    """Totals per window and dimension value of the sales that were late for that
+    window, in the columns of `aggregates`: what the workers could not fold. `where`
+    picks windows by `window` and `window_start` before the dimensions fan out."""
+    return f"""
+        SELECT window, window_start, dimension_key.1 AS dimension, dimension_key.2 AS key,
+            sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
+            sum(discount) AS discount_sum
+        FROM (
+            SELECT window, toDateTime64({_WINDOW_START}, 3, 'UTC') AS window_start,
+                product, region, category, store_id, revenue, quantity, discount
+            FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
+            WHERE notEmpty(late_windows) AND ({where})
+        )
+        ARRAY JOIN [('total', ''), ('product', product), ('region', region),
+            ('category', category), ('store', store_id)] AS dimension_key
+        GROUP BY window, window_start, dimension, key"""
+
+
+VIEWS: dict[str, str] = {
+    "sales_aggregates": """
+        SELECT window, window_start, dimension, key,
+            sum(revenue) AS revenue, sum(units) AS units, sum(order_count) AS orders,
+            sum(discount_total) / sum(order_count) AS average_discount
+        FROM (
+            SELECT window, window_start, dimension, key, revenue, units,
+                orders AS order_count, discount_sum AS discount_total
+            FROM {db}.aggregates FINAL
+        )
+        GROUP BY window, window_start, dimension, key""",
+    "monthly_sales_summary": """
+        SELECT window_start AS month, revenue, units, orders, average_discount
+        FROM {db}.sales_aggregates WHERE window = 'month' AND dimension = 'total'""",
+    "top_products": """
+        SELECT product, revenue, units,
+            row_number() OVER (ORDER BY revenue DESC, product) AS rank_by_revenue,
+            row_number() OVER (ORDER BY units DESC, product) AS rank_by_units
+        FROM (
+            SELECT key AS product, sum(revenue) AS revenue, sum(units) AS units
+            FROM {db}.sales_aggregates WHERE window = 'month' AND dimension = 'product'
+            GROUP BY key
+        )""",
+    "region_performance": """
+        SELECT window_start AS month, key AS region, revenue, units, orders, average_discount
+        FROM {db}.sales_aggregates WHERE window = 'month' AND dimension = 'region'""",
+    "category_discount_map": """
+        SELECT window_start AS month, key AS category, average_discount, orders
+        FROM {db}.sales_aggregates WHERE window = 'month' AND dimension = 'category'""",
+    "anomaly_report": """
+        SELECT order_id, product, sold_at, revenue, score, baseline_median, baseline_mad,
+            baseline_size, source, detected_at
+        FROM {db}.anomalies FINAL""",
+}
+"""The reports, as views over the aggregates: every window, dimension and partition
+summed, late sales included."""
+
+
 async def migrate(database: Database) -> None:
     await database.command(f"CREATE DATABASE IF NOT EXISTS {database.name}")
     for ddl in TABLES.values():
         await database.command(ddl.format(db=database.name))
+    for name, query in VIEWS.items():
+        await database.command(
+            f"CREATE OR REPLACE VIEW {database.name}.{name} AS {query.format(db=database.name)}"
+        )

@@ -12,6 +12,8 @@ import shutil
 import signal
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -35,6 +37,7 @@ from sinks.quarantine import (
     stats,
     statuses_since,
 )
+from tillstream.http_api import read_api_url
 from tillstream.kafka_security import client_options
 from tillstream.records import QuarantineStatus, ReasonCode
 from tillstream.results import ResultError, ResultReader
@@ -66,7 +69,7 @@ def _summary(settings: Settings, runtime: Any) -> str:
         f"tillstream {' + '.join(sorted(components))} is running",
         f"  kafka       {kafka}, idempotent producers {producers}",
     ]
-    if components & {"watch", "sink"}:
+    if components & {"watch", "poll", "sink"}:
         lines.append(f"  clickhouse  {settings.clickhouse_url}")
     lines.append(f"  metrics     {runtime.api_url}/metrics   health: {runtime.api_url}/health")
     if "watch" in components:
@@ -76,6 +79,9 @@ def _summary(settings: Settings, runtime: Any) -> str:
             f"  archive     {watch.archive.resolve()}   failed: {watch.failed.resolve()}",
             "Drop files into the inbox; `tillstream status` shows them.",
         ]
+    if "poll" in components:
+        pollers = [f"{p.name} (every {p.interval_seconds:g}s)" for p in settings.pollers]
+        lines.append(f"  pollers     {', '.join(pollers) or 'none configured'}")
     lines.append("Ctrl-C stops.")
     return "\n".join(lines)
 
@@ -104,6 +110,40 @@ def _command_run(settings: Settings, args: argparse.Namespace) -> int:
     components = ALL_COMPONENTS if args.command == "up" else frozenset({Component(args.command)})
     asyncio.run(_run(settings, components))
     return 0
+
+
+def _command_poll(settings: Settings, args: argparse.Namespace) -> int:
+    if args.once is None:
+        return _command_run(settings, args)
+    name: str = args.once
+    if name not in {poller.name for poller in settings.pollers}:
+        raise ConfigError(f"invalid setting pollers: no poller is named {name}")
+    url = read_api_url(settings.data_dir)
+    if url is not None:
+        request = urllib.request.Request(  # noqa: S310 - our loopback API
+            f"{url}/api/pollers/{name}/run", data=b"", method="POST"
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=args.wait) as response:  # noqa: S310
+                entry = json.load(response)
+        except urllib.error.HTTPError as exc:
+            raise ResultError(f"the tillstream at {url}: {exc.read().decode()}") from None
+        except (urllib.error.URLError, TimeoutError) as exc:
+            raise ResultError(f"the tillstream at {url} did not answer: {exc}") from None
+    else:
+        from tillstream.runtime import run_poller_once
+
+        entry = asyncio.run(run_poller_once(settings, name)).to_json()
+    if args.json:
+        _print_json(entry)
+    elif entry["status"] == "done":
+        print(
+            f"poll {name}: done: {entry['rows_read']} read, {entry['valid']} valid, "
+            f"{entry['rejected']} rejected, {entry['duplicates']} duplicates"
+        )
+    else:
+        print(f"poll {name}: {entry['status']}: {entry['error']}")
+    return 0 if entry["status"] == "done" else 1
 
 
 def _command_generate(settings: Settings, args: argparse.Namespace) -> int:
@@ -420,6 +460,12 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("up", help="run everything in one process (embedded by default)")
     commands.add_parser("watch", help="run the folder watcher against external Kafka")
+    poll = commands.add_parser("poll", help="run the HTTP API pollers against external Kafka")
+    poll.add_argument("--once", metavar="NAME", help="one run of this poller, then exit")
+    poll.add_argument(
+        "--wait", type=float, default=600.0, help="seconds to wait for the run (with --once)"
+    )
+    poll.add_argument("--json", action="store_true", help="the run's history entry (with --once)")
     commands.add_parser("worker", help="run the Faust agents against external Kafka")
     commands.add_parser("sink", help="run the ClickHouse sink against external Kafka")
     generate = commands.add_parser(
@@ -497,6 +543,7 @@ def _parser() -> argparse.ArgumentParser:
 COMMANDS = {
     "up": _command_run,
     "watch": _command_run,
+    "poll": _command_poll,
     "worker": _command_run,
     "sink": _command_run,
     "generate": _command_generate,

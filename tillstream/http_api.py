@@ -1,4 +1,4 @@
-"""The HTTP endpoint of a running component: /metrics, /health and /api/status.
+"""The HTTP endpoint of a running component: /metrics, /health, /api/status and more.
 
 chDB lets one process open a data directory, so commands that read results
 while `up` runs (`tillstream status`) ask the running process through here.
@@ -25,6 +25,7 @@ __all__ = ["HttpApi", "api_file", "read_api_url"]
 StatusProvider = Callable[[int], Awaitable[list[dict[str, Any]]]]
 HealthProvider = Callable[[], Awaitable[dict[str, Any]]]
 QueryProvider = Callable[[str, dict[str, Any]], Awaitable[dict[str, Any]]]
+PollProvider = Callable[[str], Awaitable[dict[str, Any] | None]]
 
 
 def api_file(data_dir: Path) -> Path:
@@ -50,6 +51,7 @@ class HttpApi:
         status: StatusProvider | None,
         health: HealthProvider,
         query: QueryProvider | None,
+        poll: PollProvider | None = None,
     ) -> None:
         self._host = host
         self._port = port
@@ -57,6 +59,7 @@ class HttpApi:
         self._status = status
         self._health = health
         self._query = query
+        self._poll = poll
         self._runner: web.AppRunner | None = None
         self.url = ""
 
@@ -66,6 +69,7 @@ class HttpApi:
         app.router.add_get("/health", self._health_check)
         app.router.add_get("/api/status", self._status_page)
         app.router.add_post("/api/query", self._query_page)
+        app.router.add_post("/api/pollers/{name}/run", self._poll_page)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         port = self._port or free_port()
@@ -121,3 +125,14 @@ class HttpApi:
         except Exception as exc:
             return web.json_response({"error": str(exc).splitlines()[0]}, status=400)
         return web.json_response(result, dumps=lambda value: json.dumps(value, default=str))
+
+    async def _poll_page(self, request: web.Request) -> web.Response:
+        """One run of a poller, answered once it is accounted for or failed: the run's
+        history entry (`tillstream poll --once` while this process runs)."""
+        if self._poll is None:
+            raise web.HTTPNotFound(text="this component runs no pollers")
+        name = request.match_info["name"]
+        entry = await self._poll(name)
+        if entry is None:
+            raise web.HTTPNotFound(text=f"no poller is named {name}")
+        return web.json_response(entry)

@@ -17,6 +17,10 @@ __all__ = [
     "WORKER_REJECTS",
     "WORKER_DUPLICATES",
     "WORKER_CHUNK_SECONDS",
+    "WORKER_LATE_SALES",
+    "WORKER_AGGREGATE_UPDATES",
+    "WORKER_ANOMALIES",
+    "WORKER_EXPIRED",
     "SINK_ROWS_WRITTEN",
     "SINK_BATCH_ROWS",
     "SINK_FLUSH_SECONDS",
@@ -29,6 +33,12 @@ __all__ = [
     "RUNTIME_DEPENDENCY_UP",
     "WORKER_CONSUMER_LAG",
     "SINK_LAST_WRITE",
+    "POLLER_RUNS",
+    "POLLER_REQUESTS",
+    "POLLER_RECORDS_READ",
+    "POLLER_ROWS",
+    "POLLER_RUN_SECONDS",
+    "POLLER_LAST_SUCCESS",
 ]
 
 FILES = Counter("tillstream_watcher_files_total", "Files by final status", ["status"])
@@ -52,6 +62,22 @@ WORKER_CHUNK_SECONDS = Histogram(
     "Time to process one message, by stage",
     ["stage"],
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+WORKER_LATE_SALES = Counter(
+    "tillstream_worker_late_sales_total",
+    "Sales that arrived after their window closed, by window size",
+    ["window"],
+)
+WORKER_AGGREGATE_UPDATES = Counter(
+    "tillstream_worker_aggregate_updates_total", "Aggregate values emitted to sales.aggregates"
+)
+WORKER_ANOMALIES = Counter(
+    "tillstream_worker_anomalies_total", "Sales found to be revenue outliers for their product"
+)
+WORKER_EXPIRED = Counter(
+    "tillstream_worker_expired_total",
+    "State dropped: orders past the dedupe retention, windows closed for good",
+    ["table"],
 )
 SINK_ROWS_WRITTEN = Counter(
     "tillstream_sink_rows_written_total", "Rows written to ClickHouse, by table", ["table"]
@@ -92,6 +118,34 @@ WORKER_CONSUMER_LAG = Gauge(
 SINK_LAST_WRITE = Gauge(
     "tillstream_sink_last_write_timestamp_seconds",
     "When the sink last wrote rows to ClickHouse (its start time before the first write)",
+)
+POLLER_RUNS = Counter(
+    "tillstream_poller_runs_total", "Poll runs by poller and final status", ["poller", "status"]
+)
+POLLER_REQUESTS = Counter(
+    "tillstream_poller_requests_total",
+    "HTTP requests of pollers by outcome (ok, server_error, rate_limited, connection_error, "
+    "client_error)",
+    ["poller", "outcome"],
+)
+POLLER_RECORDS_READ = Counter(
+    "tillstream_poller_records_read_total", "Records fetched by a poller", ["poller"]
+)
+POLLER_ROWS = Counter(
+    "tillstream_poller_rows_total",
+    "Rows of a poller's finished runs by outcome (clean, rejected, duplicate)",
+    ["poller", "outcome"],
+)
+POLLER_RUN_SECONDS = Histogram(
+    "tillstream_poller_run_seconds",
+    "From a poll run's start to its rows being accounted for (or its failure)",
+    ["poller"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800),
+)
+POLLER_LAST_SUCCESS = Gauge(
+    "tillstream_poller_last_success_timestamp_seconds",
+    "When a poller's last run was accounted for",
+    ["poller"],
 )
 
 # Labelled series exist only once used; created here at zero, so dashboards and alerts

@@ -16,6 +16,7 @@ from typing import Any
 __all__ = [
     "SCHEMA_VERSION",
     "SCHEMA_VERSION_HEADER",
+    "SCHEMA_HEADERS",
     "CLEAN_FIELDS",
     "ReasonCode",
     "SourceRef",
@@ -29,6 +30,8 @@ __all__ = [
 
 SCHEMA_VERSION = 1
 SCHEMA_VERSION_HEADER = "tillstream-schema-version"
+SCHEMA_HEADERS = [(SCHEMA_VERSION_HEADER, str(SCHEMA_VERSION).encode())]
+"""The headers every message of a public topic carries."""
 
 CLEAN_FIELDS: tuple[str, ...] = (
     "order_id",
@@ -50,8 +53,10 @@ CLEAN_FIELDS: tuple[str, ...] = (
     "line",
     "seen_at",
     "ingested_at",
+    "late_windows",
 )
-"""Fields of a `sales.clean` message, in order; the contract is docs/topics.md."""
+"""Fields of a `sales.clean` message, in order; the contract is docs/topics.md. The
+cleaning stage writes all but the last, which dedupe adds once it has judged lateness."""
 
 
 class ReasonCode(StrEnum):

@@ -1,7 +1,7 @@
 """Runtime: wires the components from settings and runs them until asked to stop.
 
-`up` is every component in one process; `watch`, `worker` and `sink` are one
-each. The code is the same: only the configuration differs (where Kafka and
+`up` is every component in one process; `watch`, `poll`, `worker` and `sink` are
+one each. The code is the same: only the configuration differs (where Kafka and
 ClickHouse are), and an empty bootstrap address means "start the embedded
 broker", which only `up` may do.
 """
@@ -21,9 +21,11 @@ import faust
 
 from processors.app import build_app
 from processors.corrections import CorrectionIntake
-from processors.state import restore_changelog
+from processors.state import restore_changelogs
 from producers.file_ingest import FileIngestor
+from producers.poller import Poller
 from producers.publisher import KafkaPublisher
+from producers.source_publisher import SourcePublisher
 from producers.watcher import FolderWatcher
 from sinks.accepted_orders import accepted_orders
 from sinks.clickhouse_sink import ClickHouseSink
@@ -39,13 +41,14 @@ from tillstream.probes import DependencyProbe
 from tillstream.settings import ConfigError, Settings
 from tillstream.topics import Topics, ensure_topics
 
-__all__ = ["Component", "Runtime"]
+__all__ = ["Component", "Runtime", "run_poller_once"]
 
 log = logging.getLogger(__name__)
 
 
 class Component(StrEnum):
     WATCH = "watch"
+    POLL = "poll"
     WORKER = "worker"
     SINK = "sink"
 
@@ -99,9 +102,16 @@ class Runtime:
         self._tasks: dict[Component, asyncio.Task[Any]] = {}
         self._app: faust.App | None = None
         self._ingestor: FileIngestor | None = None
+        self._poll_sources: SourcePublisher | None = None
+        self.pollers: dict[str, Poller] = {}
         self._notifier = Notifier(settings.notify)
         self._database: Database | None = None
         self._history: IngestionHistory | None = None
+        self._poller_secrets = (
+            {c.name: c.auth.secret(f"pollers.{c.name}") for c in settings.pollers}
+            if Component.POLL in components
+            else {}
+        )
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start everything, run until `stop` is set or a component fails, stop cleanly."""
@@ -146,7 +156,7 @@ class Runtime:
         await publisher.start()
         self._stack.stops.append(publisher.stop)
 
-        if self.components & {Component.WATCH, Component.SINK}:
+        if self.components & {Component.WATCH, Component.POLL, Component.SINK}:
             self._database = await self._open_database()
             self._history = IngestionHistory(self._database)
             notifying = asyncio.create_task(self._notifier.run(), name="notifier")
@@ -159,6 +169,7 @@ class Runtime:
             self._status if self._history is not None else None,
             self._health,
             self._query if self._database is not None else None,
+            self.poll_once if Component.POLL in self.components else None,
         )
         await api.start()
         self._stack.stops.append(api.stop)
@@ -167,23 +178,28 @@ class Runtime:
         if Component.SINK in self.components:
             await self._start_sink()
         if Component.WORKER in self.components:
-            app, seen = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            app, tables = build_app(settings, self.bootstrap_servers, self.topics, publisher)
             if self._database is not None:
-                restored = await restore_changelog(
-                    seen,
+                restored = await restore_changelogs(
+                    tables.seen,
+                    tables.aggregates,
                     self.bootstrap_servers,
                     publisher,
+                    self.topics.aggregates.name,
+                    settings.worker.allowed_lateness_seconds * 1000,
                     accepted_orders(self._database),
                     self._security,
                 )
                 if restored:
-                    log.info("rebuilt dedupe state of %d orders from ClickHouse", restored)
+                    log.info("rebuilt worker state of %d orders from ClickHouse", restored)
             await app.start()
             metrics.COMPONENT_UP.labels("worker").set(1)
             self._stack.stops.append(app.stop)
             self._app = app
         if Component.WATCH in self.components:
             await self._start_watcher(publisher)
+        if Component.POLL in self.components:
+            self._start_pollers(publisher)
         await self._start_probe()
 
     async def _start_probe(self) -> None:
@@ -295,6 +311,40 @@ class Runtime:
 
         self._stack.stops.append(stop_watcher)
 
+    def _start_pollers(self, publisher: KafkaPublisher) -> None:
+        """Each configured poller on its own schedule; with none, the component idles."""
+        assert self._history is not None  # noqa: S101 - opened for POLL above
+        self._poll_sources = SourcePublisher(publisher, self.topics.raw.name, self._history)
+        self.pollers = {
+            config.name: Poller(
+                config,
+                self._poller_secrets[config.name],
+                self.settings.cleaning,
+                self._poll_sources,
+                self.settings.data_dir,
+            )
+            for config in self.settings.pollers
+        }
+
+        async def poll() -> None:
+            metrics.COMPONENT_UP.labels("poller").set(1)
+            try:
+                await asyncio.gather(*(poller.run() for poller in self.pollers.values()))
+                await asyncio.Event().wait()
+            finally:
+                metrics.COMPONENT_UP.labels("poller").set(0)
+
+        task = asyncio.create_task(poll(), name="pollers")
+        self._tasks[Component.POLL] = task
+        self._stack.stops.append(lambda: _cancel(task))
+
+    async def poll_once(self, name: str) -> dict[str, Any] | None:
+        """One run of a poller now (`tillstream poll --once`); None if there is no such one."""
+        poller = self.pollers.get(name)
+        if poller is None:
+            return None
+        return (await poller.poll_once()).to_json()
+
     async def _stop(self) -> None:
         await self._stack.close()
         metrics.COMPONENT_UP.labels("worker").set(0)
@@ -310,6 +360,8 @@ class Runtime:
     async def _sources_done(self, entries: list[HistoryEntry]) -> None:
         if self._ingestor is not None:
             self._ingestor.sources_done(entry.source_id for entry in entries)
+        if self._poll_sources is not None:
+            self._poll_sources.sources_done(entry.source_id for entry in entries)
         for entry in entries:
             self._tell(entry)
 
@@ -331,6 +383,38 @@ class Runtime:
             "components": components,
             "kafka": self.bootstrap_servers,
             "clickhouse": self.settings.clickhouse_url
-            if self.components & {Component.WATCH, Component.SINK}
+            if self.components & {Component.WATCH, Component.POLL, Component.SINK}
             else None,
         }
+
+
+async def run_poller_once(settings: Settings, name: str) -> HistoryEntry:
+    """`tillstream poll --once NAME` with no `up` running: one run in this process, against
+    the external Kafka and ClickHouse whose sink accounts for it."""
+    config = next((c for c in settings.pollers if c.name == name), None)
+    if config is None:
+        raise ConfigError(f"invalid setting pollers: no poller is named {name}")
+    if settings.embedded_broker:
+        raise ConfigError(
+            "invalid setting kafka.bootstrap_servers: `poll --once` needs a running "
+            "`tillstream up` or an external Kafka"
+        )
+    secret = config.auth.secret(f"pollers.{name}")
+    stack = _Stack()
+    try:
+        security = client_options(settings.kafka)
+        await wait_for_metadata(settings.kafka.bootstrap_servers, security=security)
+        publisher = KafkaPublisher(
+            settings.kafka.bootstrap_servers, settings.kafka.client_id, security=security
+        )
+        await publisher.start()
+        stack.stops.append(publisher.stop)
+        database = Database(settings.clickhouse_url, settings.clickhouse)
+        stack.stops.append(database.close)
+        await migrate(database)
+        topics = Topics.from_config(settings.kafka)
+        sources = SourcePublisher(publisher, topics.raw.name, IngestionHistory(database))
+        poller = Poller(config, secret, settings.cleaning, sources, settings.data_dir)
+        return await poller.poll_once()
+    finally:
+        await stack.close()

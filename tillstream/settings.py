@@ -8,9 +8,12 @@ between levels: ``TILLSTREAM_KAFKA__BOOTSTRAP_SERVERS=kafka:9092``.
 from __future__ import annotations
 
 import functools
-from datetime import datetime
+import os
+import re
+from datetime import datetime, time
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import (
@@ -37,8 +40,13 @@ __all__ = [
     "WatchConfig",
     "SinkConfig",
     "WorkerConfig",
+    "AnomaliesConfig",
     "MetricsConfig",
     "NotifyConfig",
+    "PollerAuthConfig",
+    "PaginationConfig",
+    "CursorConfig",
+    "PollerConfig",
     "Settings",
     "load_settings",
     "default_rules",
@@ -198,6 +206,20 @@ class WatchConfig(_Frozen):
 
 class WorkerConfig(_Frozen):
     dedupe_retention_days: int = Field(30, ge=1)
+    """How long an accepted order is remembered for dedupe, from when it was first seen."""
+    allowed_lateness_seconds: int = Field(3600, ge=0)
+    """How long after a window's end (by the latest sale time seen) a sale still
+    updates it; later sales are late for that window (docs/architecture.md)."""
+
+
+class AnomaliesConfig(_Frozen):
+    threshold: float = Field(3.5, gt=0)
+    """A sale whose robust z-score of revenue is above this (in absolute value) is an
+    anomaly for its product."""
+    baseline_size: int = Field(500, ge=2)
+    """How many of a product's most recent sales form its baseline."""
+    min_baseline: int = Field(30, ge=2)
+    """Sales of a product are scored only once its baseline holds this many."""
 
 
 class SinkConfig(_Frozen):
@@ -231,6 +253,149 @@ class MetricsConfig(_Frozen):
     """0 picks a free port; the chosen one is printed at start-up."""
 
 
+class PollerAuthConfig(_Frozen):
+    """How a poller proves who it is. The secret is named here, never written here:
+    it is read from an environment variable or a file when the poller starts."""
+
+    kind: Literal["none", "bearer", "basic", "api_key"] = "none"
+    username: str = ""
+    """For `basic`."""
+    header: str = "X-API-Key"
+    """For `api_key`: the request header that carries the key."""
+    secret_env: str = ""
+    """Environment variable holding the token (`bearer`), password (`basic`) or key."""
+    secret_file: Path | None = None
+    """...or a file holding it (surrounding whitespace is dropped)."""
+
+    @model_validator(mode="after")
+    def _secret_named(self) -> PollerAuthConfig:
+        if self.kind != "none" and bool(self.secret_env) == (self.secret_file is not None):
+            raise ValueError(f"{self.kind} needs exactly one of secret_env and secret_file")
+        if self.kind == "basic" and not self.username:
+            raise ValueError("basic needs a username")
+        return self
+
+    def secret(self, where: str) -> SecretStr:
+        """Read the secret now; a ConfigError naming `where` if it is not there."""
+        if self.kind == "none":
+            return SecretStr("")
+        if self.secret_env:
+            value = os.environ.get(self.secret_env, "")
+            if not value:
+                raise ConfigError(
+                    f"invalid setting {where}.auth.secret_env: "
+                    f"environment variable {self.secret_env} is not set"
+                )
+            return SecretStr(value)
+        assert self.secret_file is not None  # noqa: S101 - checked by _secret_named
+        try:
+            value = self.secret_file.read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+            raise ConfigError(
+                f"invalid setting {where}.auth.secret_file: cannot read {self.secret_file}: "
+                f"{reason}"
+            ) from None
+        if not value:
+            raise ConfigError(
+                f"invalid setting {where}.auth.secret_file: {self.secret_file} is empty"
+            )
+        return SecretStr(value)
+
+
+class PaginationConfig(_Frozen):
+    """How the pages of one poll run follow each other."""
+
+    style: Literal["none", "page", "offset", "cursor", "link"] = "none"
+    page_size: int = Field(100, ge=1, le=100_000)
+    """Records per page, sent for `page` and `offset`; a shorter page is the last."""
+    page_param: str = "page"
+    first_page: int = 1
+    size_param: str = "per_page"
+    offset_param: str = "offset"
+    limit_param: str = "limit"
+    next_path: str = "next_cursor"
+    """`cursor`: where the next page's token is in the body; absent, null or "" ends."""
+    cursor_param: str = "cursor"
+    """`cursor`: the query parameter that sends the token back."""
+
+
+class CursorConfig(_Frozen):
+    """Incremental pulls: where the next run starts, from the records of the last one."""
+
+    field: str
+    """Record field (dotted for nested objects) whose greatest value is the next cursor."""
+    param: str
+    """Query parameter that sends the cursor (`updated_since`, `since_id`)."""
+    initial: str = ""
+    """Cursor of the very first run; empty sends no parameter."""
+
+
+_POLLER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class PollerConfig(_Frozen):
+    """One HTTP API whose sales are pulled on a schedule."""
+
+    name: str
+    url: str
+    method: Literal["GET", "POST"] = "GET"
+    headers: dict[str, str] = {}
+    params: dict[str, str] = {}
+    interval_seconds: float = Field(60.0, gt=0, le=86_400)
+    active_from: time | None = None
+    active_until: time | None = None
+    """Runs start only between these times of day (may wrap midnight), in `timezone`."""
+    timezone: str = "UTC"
+    records_path: str = ""
+    """Dotted path to the records array in a page's JSON body; empty: the body itself."""
+    column_aliases: dict[str, list[str]] = {}
+    """This API's field names (dotted for nested ones), merged into
+    `cleaning.column_aliases` as a settings file's are: a column named here has these
+    spellings (and its own name) only."""
+    auth: PollerAuthConfig = PollerAuthConfig()
+    pagination: PaginationConfig = PaginationConfig()
+    cursor: CursorConfig | None = None
+    max_pages: int = Field(100, ge=1, le=100_000)
+    """Pages per run at most; the next run goes on from the cursor."""
+    chunk_rows: int = Field(2000, ge=1, le=1_000_000)
+    timeout_seconds: float = Field(30.0, gt=0, le=3600)
+    max_attempts: int = Field(5, ge=1, le=100)
+    backoff_seconds: float = Field(0.5, gt=0, le=60)
+    backoff_max_seconds: float = Field(30.0, gt=0, le=3600)
+
+    @field_validator("name")
+    @classmethod
+    def _file_safe(cls, name: str) -> str:
+        if not _POLLER_NAME.match(name):
+            raise ValueError("must be 1-64 letters, digits, '_', '.', '-', not starting with one")
+        return name
+
+    @field_validator("url")
+    @classmethod
+    def _http(cls, url: str) -> str:
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return url
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, zone: str) -> str:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {zone!r}") from None
+        return zone
+
+    @model_validator(mode="after")
+    def _window(self) -> PollerConfig:
+        if (self.active_from is None) != (self.active_until is None):
+            raise ValueError("active_from and active_until go together")
+        if self.active_from is not None and self.active_from == self.active_until:
+            raise ValueError("active_from and active_until must differ")
+        return self
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="TILLSTREAM_",
@@ -245,10 +410,21 @@ class Settings(BaseSettings):
     clickhouse: ClickHouseConfig = ClickHouseConfig()
     watch: WatchConfig = WatchConfig()
     worker: WorkerConfig = WorkerConfig()
+    anomalies: AnomaliesConfig = AnomaliesConfig()
     sink: SinkConfig = SinkConfig()
     metrics: MetricsConfig = MetricsConfig()
     notify: NotifyConfig = NotifyConfig()
+    pollers: list[PollerConfig] = []
     cleaning: CleaningRules = Field(default_factory=default_rules)
+
+    @field_validator("pollers")
+    @classmethod
+    def _unique_names(cls, pollers: list[PollerConfig]) -> list[PollerConfig]:
+        names = [poller.name for poller in pollers]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"two pollers are named {name!r}")
+        return pollers
 
     @field_validator("cleaning", mode="before")
     @classmethod

@@ -21,13 +21,20 @@ class TopicSpec:
     name: str
     partitions: int
     retention_ms: int
+    compacted: bool = False
+    """Keeps the latest value per key forever instead of everything for a while."""
 
     def new_topic(self, replication_factor: int) -> NewTopic:
+        configs = (
+            {"cleanup.policy": "compact"}
+            if self.compacted
+            else {"retention.ms": str(self.retention_ms)}
+        )
         return NewTopic(
             name=self.name,
             num_partitions=self.partitions,
             replication_factor=replication_factor,
-            topic_configs={"retention.ms": str(self.retention_ms)},
+            topic_configs=configs,
         )
 
 
@@ -45,13 +52,19 @@ class Topics:
     """Public: one quarantined row per message, keyed by dead-letter id."""
     duplicates: TopicSpec
     """Public: one dropped exact re-delivery per message, so every row is accounted for."""
+    aggregates: TopicSpec
+    """Public, compacted: the latest totals of one window, dimension value and partition."""
+    anomalies: TopicSpec
+    """Public: one revenue outlier per message, keyed by order id."""
 
     @classmethod
     def from_config(cls, config: KafkaConfig) -> Topics:
         retention_ms = config.retention_hours * 3_600_000
 
-        def spec(name: str) -> TopicSpec:
-            return TopicSpec(f"{config.topic_prefix}{name}", config.partitions, retention_ms)
+        def spec(name: str, compacted: bool = False) -> TopicSpec:
+            return TopicSpec(
+                f"{config.topic_prefix}{name}", config.partitions, retention_ms, compacted
+            )
 
         return cls(
             raw=spec("sales.raw"),
@@ -59,10 +72,20 @@ class Topics:
             clean=spec("sales.clean"),
             dlq=spec("sales.dlq"),
             duplicates=spec("sales.duplicates"),
+            aggregates=spec("sales.aggregates", compacted=True),
+            anomalies=spec("sales.anomalies"),
         )
 
     def all(self) -> list[TopicSpec]:
-        return [self.raw, self.validated, self.clean, self.dlq, self.duplicates]
+        return [
+            self.raw,
+            self.validated,
+            self.clean,
+            self.dlq,
+            self.duplicates,
+            self.aggregates,
+            self.anomalies,
+        ]
 
 
 async def ensure_topics(bootstrap_servers: str, config: KafkaConfig, topics: Topics) -> None:

@@ -7,7 +7,7 @@ its read-only query API: chDB, the real engine, the real schema.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,11 @@ EXTRA_ROWS = (
     "order_id,sold_at,product,category,region,store_id,quantity,unit_price\n"
     f"Q-1,2025-06-01,{QUOTED_PRODUCT},Home Appliance,North,S1,2,$25.00\n"
 )
+
+
+def lamps(numbers: Iterable[int], quantity: Callable[[int], int]) -> str:
+    rows = [f"L-{n},2025-06-02,Desk Lamp,Home,North,S1,{quantity(n)},$20.00\n" for n in numbers]
+    return "order_id,sold_at,product,category,region,store_id,quantity,unit_price\n" + "".join(rows)
 
 
 def _first_two(_: Variable, options: Sequence[str]) -> list[str]:
@@ -77,6 +82,11 @@ def test_every_clickhouse_panel_query_returns_rows_on_pipeline_data(
     (pipeline.inbox / "quoted.csv").write_text(EXTRA_ROWS, encoding="utf-8")
     pipeline.wait_for_status("sales.csv", "done")
     pipeline.wait_for_status("quoted.csv", "done")
+    # A product's baseline, then outliers against it, for the anomalies panel.
+    (pipeline.inbox / "baseline.csv").write_text(lamps(range(200), quantity=lambda n: 1 + n % 3))
+    pipeline.wait_for_status("baseline.csv", "done")
+    (pipeline.inbox / "outliers.csv").write_text(lamps(range(200, 208), quantity=lambda n: 500))
+    pipeline.wait_for_status("outliers.csv", "done")
 
     boards = load_dashboards()
     assert {board.uid for board in boards} == {

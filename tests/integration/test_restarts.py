@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_aggregates import assert_aggregates_match_sales
 from tests.integration.test_end_to_end import (
     assert_file_ends_at_truth,
     assert_matches_truth,
@@ -47,6 +48,7 @@ def test_sigkill_mid_file_then_restart_ends_exactly_at_the_ground_truth(
     assert int(pipeline.scalar("SELECT count() FROM tillstream.sales FINAL")) == (
         first_truth.valid + big_truth.valid
     )
+    assert_aggregates_match_sales(pipeline)
 
 
 def test_orders_seen_before_a_restart_are_still_known_after_it(

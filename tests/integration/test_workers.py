@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.test_aggregates import assert_aggregates_match_sales
 from tests.integration.test_end_to_end import assert_file_ends_at_truth, assert_matches_truth
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
@@ -45,6 +46,7 @@ def test_a_second_worker_shares_the_work_and_its_sigkill_loses_nothing(
     extra.kill()
 
     assert_file_ends_at_truth(pipeline, source.name, truth)
+    assert_aggregates_match_sales(pipeline)
 
 
 def test_replaying_the_raw_topic_into_a_fresh_worker_group_adds_nothing(
@@ -71,3 +73,4 @@ def test_replaying_the_raw_topic_into_a_fresh_worker_group_adds_nothing(
     )
     assert int(pipeline.scalar("SELECT count() FROM tillstream.sales FINAL")) == truth.valid
     assert_matches_truth(pipeline, row["source_id"], truth)
+    assert_aggregates_match_sales(pipeline)

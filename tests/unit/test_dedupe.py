@@ -4,8 +4,9 @@ import json
 from datetime import UTC, datetime
 
 from processors.chunks import ValidatedSale
-from processors.dedupe import SeenEntry, dedupe
-from tillstream.records import SourceRef
+from processors.dedupe import Classified, SeenEntry, accept, classify, expire
+from producers.publisher import partition_for
+from tillstream.records import CLEAN_FIELDS, SourceRef
 
 NOW = datetime(2025, 3, 14, 10, 0, tzinfo=UTC)
 FILE_A = SourceRef("file", "a" * 64, "inbox/a.csv")
@@ -22,12 +23,25 @@ def sale(order_id: str, fingerprint: str, line: int) -> ValidatedSale:
     )
 
 
+def dedupe(
+    source: SourceRef,
+    sales: list[ValidatedSale],
+    seen: dict[str, SeenEntry],
+    now: datetime,
+    late_mask: int = 0,
+) -> Classified:
+    """Classify, then accept the new sales as the agent does (with one late mask)."""
+    output = classify(source, sales, seen, now)
+    output.clean.extend(accept(source, output.new, [late_mask] * len(output.new), seen, now))
+    return output
+
+
 def test_first_delivery_of_an_order_is_clean_and_remembered() -> None:
     seen: dict[str, SeenEntry] = {}
     output = dedupe(FILE_A, [sale("o1", "f1", 2), sale("o2", "f2", 3)], seen, NOW)
     assert [m.key for m in output.clean] == [b"o1", b"o2"]
     assert output.duplicates == [] and output.dead_letters == []
-    assert seen["o1"] == ["f1", FILE_A.id, 2]
+    assert seen["o1"] == ["f1", FILE_A.id, 2, 0, int(NOW.timestamp())]
 
 
 def test_same_content_from_another_place_is_a_duplicate_pointing_at_the_first() -> None:
@@ -52,7 +66,7 @@ def test_same_order_id_with_other_content_is_quarantined_as_conflict() -> None:
     assert value["original"] == {"ID": "o1", "Qty": "1"}
     assert value["conflict_with"] == {"source_id": FILE_A.id, "line": 2}
     assert value["line"] == 40
-    assert seen["o1"] == ["f1", FILE_A.id, 2], "the first delivery keeps the order"
+    assert seen["o1"][:3] == ["f1", FILE_A.id, 2], "the first delivery keeps the order"
 
 
 def test_the_same_row_read_again_after_a_crash_is_passed_on_again() -> None:
@@ -71,3 +85,30 @@ def test_duplicates_within_one_batch_are_seen() -> None:
     assert len(output.clean) == 1
     assert len(output.duplicates) == 1
     assert len(output.dead_letters) == 1
+
+
+def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for() -> None:
+    seen: dict[str, SeenEntry] = {}
+    row = dict.fromkeys(CLEAN_FIELDS[:-1], "x")
+    late = ValidatedSale("o1", "f1", 2, json.dumps(row), "{}")
+    [message] = dedupe(FILE_A, [late], seen, NOW, late_mask=0b0011).clean
+    assert list(json.loads(message.value)) == list(CLEAN_FIELDS)
+    assert json.loads(message.value)["late_windows"] == ["minute", "hour"]
+    [again] = dedupe(FILE_A, [late], seen, NOW).clean
+    assert json.loads(again.value)["late_windows"] == ["minute", "hour"], (
+        "a redelivery keeps the lateness judged the first time"
+    )
+
+
+def test_orders_past_retention_are_forgotten_only_in_their_own_partition() -> None:
+    seen: dict[str, SeenEntry] = {}
+    orders = [f"o{n}" for n in range(40)]
+    dedupe(FILE_A, [sale(order, "f", n) for n, order in enumerate(orders)], seen, NOW)
+    partition = partition_for(b"o0", 4)
+    mine = {order for order in orders if partition_for(order.encode(), 4) == partition}
+    assert expire(seen, partition, 4, int(NOW.timestamp())) == 0, "not older than the cut"
+    assert expire(seen, partition, 4, int(NOW.timestamp()) + 1) == len(mine)
+    assert set(seen) == set(orders) - mine
+    assert [m.key for m in dedupe(FILE_B, [sale("o0", "f", 9)], seen, NOW).clean] == [b"o0"], (
+        "a forgotten order is accepted again"
+    )

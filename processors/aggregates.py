@@ -1,0 +1,244 @@
+"""Incremental aggregates: tumbling windows over sale time, per dimension.
+
+The dedupe agent folds every newly accepted sale of its partition into that
+partition's aggregates, so each aggregate row in ClickHouse is one partition's
+share of a window (summed across partitions by the report views). A window
+stays open until the partition's watermark (the latest sale time it has seen)
+passes the window's end plus the allowed lateness; then its state is dropped.
+A sale for a closed window is *late for that window*: it is not folded, its
+`sales` row lists the window in `late_windows`, and the sink reconciles late
+sales into the aggregates from ClickHouse (see sinks/late_sales.py).
+
+Pure functions over pandas/numpy: the agent is a thin shell around `fold`.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass
+from json.encoder import encode_basestring  # type: ignore[attr-defined]
+
+import numpy as np
+import pandas as pd
+
+from processors.chunks import decimal_text, isoformat_ms
+from producers.publisher import Message
+from tillstream.records import SCHEMA_VERSION
+
+__all__ = [
+    "DIMENSIONS",
+    "WINDOWS",
+    "Marker",
+    "evict_closed",
+    "facts_from_clean",
+    "fold",
+    "late_masks",
+    "mask_windows",
+    "update_messages",
+    "window_bounds",
+]
+
+WINDOWS: tuple[str, ...] = ("minute", "hour", "day", "month")
+_WINDOW_UNITS = {"minute": "m", "hour": "h", "day": "D", "month": "M"}
+
+DIMENSIONS: dict[str, str | None] = {
+    "total": None,
+    "product": "product",
+    "region": "region",
+    "category": "category",
+    "store": "store_id",
+}
+"""Dimension name -> the sales column it groups by (`total` groups everything)."""
+
+MARKER = "marker"
+
+Totals = list[int]
+"""[revenue in cents, units, orders, discount sum in millionths, version, window end in ms]."""
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Per partition: the last validated offset folded, and the watermark before and
+    after it. A re-delivered last message (the worker died between publishing the
+    aggregates and the dedupe state) is then recognised, and judged late or on time
+    against the same watermark as the first time."""
+
+    offset: int = -1
+    watermark_before_ms: int = 0
+    watermark_ms: int = 0
+
+    @classmethod
+    def load(cls, state: MutableMapping[str, list[int]], partition: int) -> Marker:
+        value = state.get(f"{partition}|{MARKER}")
+        return cls(*value) if value else cls()
+
+    def store(self, state: MutableMapping[str, list[int]], partition: int) -> None:
+        state[f"{partition}|{MARKER}"] = [
+            self.offset,
+            self.watermark_before_ms,
+            self.watermark_ms,
+        ]
+
+
+def facts_from_clean(clean_json: Iterable[str]) -> pd.DataFrame:
+    """What aggregation needs of `sales.clean` values, as exact integers.
+
+    Money travels as decimal strings with a fixed scale (see chunks.py), so
+    dropping the point gives integer cents and millionths.
+    """
+    text = "\n".join(clean_json)
+    if not text:
+        return pd.DataFrame(
+            columns=["order_id", "sold_at_ms", "product", "region", "category", "store_id"]
+        )
+    docs = pd.read_json(io.StringIO(text), lines=True, dtype=False)
+    sold_at = pd.to_datetime(docs["sold_at"], utc=True, format="ISO8601")
+    return pd.DataFrame(
+        {
+            "order_id": docs["order_id"].astype(str),
+            "sold_at_ms": sold_at.astype("datetime64[ms, UTC]").astype(np.int64),
+            "product": docs["product"].astype(str),
+            "region": docs["region"].astype(str),
+            "category": docs["category"].astype(str),
+            "store_id": docs["store_id"].astype(str),
+            "quantity": docs["quantity"].astype(np.int64),
+            "revenue_cents": docs["revenue"].str.replace(".", "", regex=False).astype(np.int64),
+            "discount_ppm": docs["discount"].str.replace(".", "", regex=False).astype(np.int64),
+        }
+    )
+
+
+def window_bounds(sold_at_ms: np.ndarray, window: str) -> tuple[np.ndarray, np.ndarray]:
+    """Start and end (exclusive), in epoch milliseconds, of each sale's window."""
+    unit = _WINDOW_UNITS[window]
+    start = np.asarray(sold_at_ms, dtype="datetime64[ms]").astype(f"datetime64[{unit}]")
+    end = start + np.timedelta64(1, unit)
+    return (
+        start.astype("datetime64[ms]").astype(np.int64),
+        end.astype("datetime64[ms]").astype(np.int64),
+    )
+
+
+def late_masks(sold_at_ms: np.ndarray, watermark_ms: int, lateness_ms: int) -> np.ndarray:
+    """Bit i set when the sale's window of size WINDOWS[i] had closed already."""
+    masks = np.zeros(len(sold_at_ms), dtype=np.int64)
+    for bit, window in enumerate(WINDOWS):
+        _, end = window_bounds(sold_at_ms, window)
+        masks |= (end + lateness_ms <= watermark_ms).astype(np.int64) << bit
+    return masks
+
+
+def mask_windows(mask: int) -> list[str]:
+    return [window for bit, window in enumerate(WINDOWS) if mask >> bit & 1]
+
+
+def fold(
+    state: MutableMapping[str, list[int]],
+    partition: int,
+    facts: pd.DataFrame,
+    masks: np.ndarray,
+) -> list[str]:
+    """Add these sales to the open windows they are on time for; return the state
+    keys that changed. One groupby over every (window, dimension) pair at once."""
+    parts = []
+    for bit, window in enumerate(WINDOWS):
+        on_time = facts[(masks >> bit & 1) == 0]
+        if on_time.empty:
+            continue
+        start, end = window_bounds(on_time["sold_at_ms"].to_numpy(), window)
+        for dimension, column in DIMENSIONS.items():
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "window": window,
+                        "start": start,
+                        "end": end,
+                        "dimension": dimension,
+                        "key": "" if column is None else on_time[column].to_numpy(),
+                        "revenue_cents": on_time["revenue_cents"].to_numpy(),
+                        "units": on_time["quantity"].to_numpy(),
+                        "orders": 1,
+                        "discount_ppm": on_time["discount_ppm"].to_numpy(),
+                    }
+                )
+            )
+    if not parts:
+        return []
+    sums = (
+        pd.concat(parts, ignore_index=True)
+        .groupby(["window", "start", "end", "dimension", "key"], sort=False)
+        .sum()
+    )
+    version = time.time_ns()
+    changed = []
+    for (window, start, end, dimension, key), revenue, units, orders, discount in zip(
+        sums.index,
+        sums["revenue_cents"],
+        sums["units"],
+        sums["orders"],
+        sums["discount_ppm"],
+        strict=True,
+    ):
+        state_key = f"{partition}|{window}|{start}|{dimension}|{key}"
+        old = state.get(state_key) or [0, 0, 0, 0, 0, int(end)]
+        state[state_key] = [
+            old[0] + int(revenue),
+            old[1] + int(units),
+            old[2] + int(orders),
+            old[3] + int(discount),
+            max(version, old[4] + 1),
+            int(end),
+        ]
+        changed.append(state_key)
+    return changed
+
+
+def evict_closed(
+    state: MutableMapping[str, list[int]], partition: int, watermark_ms: int, lateness_ms: int
+) -> int:
+    """Drop this partition's windows that no sale can reopen; their final values
+    were emitted when they last changed."""
+    prefix = f"{partition}|"
+    closed = [
+        key
+        for key, totals in list(state.items())
+        if key.startswith(prefix)
+        and not key.endswith(MARKER)
+        and totals[5] + lateness_ms <= watermark_ms
+    ]
+    for key in closed:
+        del state[key]
+    return len(closed)
+
+
+def update_messages(state: MutableMapping[str, list[int]], keys: Iterable[str]) -> list[Message]:
+    """`sales.aggregates` values: absolute totals with a version, so a consumer (and
+    the sink) keeps the latest per key and a replay never double counts. Written
+    by hand, with each window's times formatted once: a message can change
+    thousands of keys."""
+    times: dict[int, str] = {}
+
+    def iso(epoch_ms: int) -> str:
+        text = times.get(epoch_ms)
+        if text is None:
+            text = times[epoch_ms] = isoformat_ms(epoch_ms)
+        return text
+
+    messages = []
+    for state_key in keys:
+        partition, window, start, dimension, key = state_key.split("|", 4)
+        revenue, units, orders, discount, version, end = state[state_key]
+        value = (
+            f'{{"schema_version":{SCHEMA_VERSION},"window":"{window}",'
+            f'"window_start":"{iso(int(start))}","window_end":"{iso(end)}",'
+            f'"dimension":"{dimension}","key":{encode_basestring(key)},'
+            f'"partition":{partition},"revenue":"{decimal_text(revenue, 2)}",'
+            f'"units":{units},"orders":{orders},'
+            f'"discount_sum":"{decimal_text(discount, 6)}","version":{version}}}'
+        )
+        messages.append(
+            Message(f"{window}|{start}|{dimension}|{key}".encode(), value.encode(), int(partition))
+        )
+    return messages

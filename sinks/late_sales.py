@@ -1,0 +1,85 @@
+"""Late sales reconciled into the aggregates, from ClickHouse.
+
+A worker drops a window's state once it is closed, so it cannot fold a sale that
+comes later; it flags the sale instead (`late_windows`). The sink remembers which
+windows the late sales it wrote belong to, and at most twice a second recomputes,
+for those windows, the totals of all their late sales from `sales` and writes them
+as one more partition of `aggregates` (`LATE_PARTITION`). The result is absolute and
+versioned like the workers' own rows, so reconciling twice gives the same totals.
+What a crash forgets is covered by reconciling every window once when the sink
+starts.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+import pandas as pd
+
+from processors.aggregates import WINDOWS, window_bounds
+from sinks.database import Database
+from sinks.schema import LATE_PARTITION, late_sales_totals
+
+__all__ = ["LateWindows", "late_windows_touched"]
+
+_ON_TIME = b'"late_windows":[]'
+
+
+def late_windows_touched(values: list[bytes]) -> dict[str, list[int]]:
+    """Window size -> starts (epoch ms) of the windows these `sales.clean` values
+    were late for. Only late values are parsed: on-time ones are recognised by bytes."""
+    sold_at: dict[str, list[str]] = {window: [] for window in WINDOWS}
+    for value in values:
+        if _ON_TIME in value:
+            continue
+        sale = json.loads(value)
+        for window in sale.get("late_windows", ()):
+            sold_at[window].append(sale["sold_at"])
+    touched = {}
+    for window, moments in sold_at.items():
+        if moments:
+            millis = pd.to_datetime(moments, utc=True, format="ISO8601").as_unit("ms")
+            starts, _ = window_bounds(millis.asi8, window)
+            touched[window] = sorted(int(start) for start in np.unique(starts))
+    return touched
+
+
+class LateWindows:
+    """The windows whose late sales need reconciling: all of them until the first
+    reconciliation (what happened before a restart is unknown), then those written
+    since the last one. The sink calls it from its one task, so nothing is added
+    while a reconciliation runs."""
+
+    def __init__(self) -> None:
+        self._everything = True
+        self._touched: dict[str, set[int]] = {}
+
+    def add(self, touched: dict[str, list[int]]) -> None:
+        for window, starts in touched.items():
+            self._touched.setdefault(window, set()).update(starts)
+
+    async def reconcile(self, database: Database) -> None:
+        """Write the totals; forget the windows only once they are written."""
+        if not (self._everything or self._touched):
+            return
+        touched = {window: sorted(starts) for window, starts in self._touched.items()}
+        window_start = "toUnixTimestamp64Milli(window_start)"
+        where = (
+            "1"
+            if self._everything
+            else " OR ".join(
+                f"(window = '{window}' AND {window_start} IN {{{window}:Array(Int64)}})"
+                for window in touched
+            )
+        )
+        await database.command(
+            f"INSERT INTO {database.name}.aggregates (window, window_start, dimension, key, "
+            "partition, revenue, units, orders, discount_sum, version) "
+            f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, units, "
+            f"orders, discount_sum, {time.time_ns()} "
+            f"FROM ({late_sales_totals(database.name, where)})",
+            dict(touched),
+        )
+        self._everything, self._touched = False, {}
