@@ -78,7 +78,7 @@ async def restore_changelogs(
     """
     if await _has_records(bootstrap_servers, seen, security or {}):
         return 0
-    await _has_records(bootstrap_servers, aggregates)
+    await _has_records(bootstrap_servers, aggregates, security or {})
     partitions = seen.partitions
     totals: dict[str, list[int]] = {}
     watermarks: dict[int, int] = {}
