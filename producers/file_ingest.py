@@ -19,6 +19,7 @@ import logging
 import os
 import pwd
 import shutil
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 MIN_RECOGNISED_COLUMNS = 2
 ERROR_SUFFIX = ".error.txt"
+MOVE_RETRY_MAX_SECONDS = 30.0
 
 
 def _destination(folder: Path, path: Path, source_id: str) -> Path:
@@ -107,12 +109,15 @@ class FileIngestor:
         self._history = history
         self._on_finished = on_finished
         self._corrections = corrections
-        self._unmoved: dict[Path, int] = {}
-        """Files done or failed that could not leave the inbox yet: the watcher hands them
-        back at its next scan, and each try counts here."""
+        self._unmoved: dict[Path, tuple[int, float]] = {}
+        """Files done or failed that could not leave the inbox yet: failed tries so far,
+        and when to try again (backing off, so a large file is not hashed over and over)."""
 
     async def ingest(self, path: Path) -> SourceStatus | None:
-        """Process one file; return its final status, or None if it vanished."""
+        """Process one file; return its final status, or None if it vanished or waits
+        for its next try to leave the inbox."""
+        if path in self._unmoved and time.monotonic() < self._unmoved[path][1]:
+            return None
         seen_at = datetime.now(UTC)
         refusal: str | None = None
         try:
@@ -269,8 +274,9 @@ class FileIngestor:
             target = _destination(folder, path, source_id)
             shutil.move(path, target)
         except OSError as exc:
-            tries = self._unmoved.get(path, 0) + 1
-            self._unmoved[path] = tries
+            tries = self._unmoved.get(path, (0, 0.0))[0] + 1
+            delay = min(2.0 ** (tries - 1), MOVE_RETRY_MAX_SECONDS)
+            self._unmoved[path] = (tries, time.monotonic() + delay)
             if tries == 1:
                 log.error(
                     "cannot move %s to %s: %s; it stays in the inbox and is tried again",
@@ -279,7 +285,7 @@ class FileIngestor:
                     exc.strerror or exc,
                 )
             return
-        if (tries := self._unmoved.pop(path, 0)) > 0:
+        if (tries := self._unmoved.pop(path, (0, 0.0))[0]) > 0:
             log.info("moved %s to %s after %d failed tries", _printable(path.name), folder, tries)
         if error is None:
             return
