@@ -131,7 +131,7 @@ class CorrectionOutcome:
             return ""
         shown = ", ".join(f"line {n} ({i!r})" for n, i in self.unknown[:_SHOWN_UNKNOWN])
         more = len(self.unknown) - _SHOWN_UNKNOWN
-        return f"{len(self.unknown)} rows name no quarantined row, not ingested: {shown}" + (
+        return f"not ingested, no quarantined row has the id ({len(self.unknown)}): {shown}" + (
             f" and {more} more" if more > 0 else ""
         )
 

@@ -115,7 +115,7 @@ def test_a_corrected_export_dropped_back_resolves_its_rows_once(
     row = pipeline.wait_for_status("corrected.csv", "done")
     assert (row["rows_read"], row["valid"], row["rejected"], row["duplicates"]) == (7, 5, 2, 0)
     assert row["rejected_by_reason"] == {"invalid_price": 1, "unknown_quarantine_id": 1}
-    assert row["error"] == f"1 rows name no quarantined row, not ingested: line 8 ('{'0' * 24}')"
+    assert row["error"] == f"not ingested, no quarantined row has the id (1): line 8 ('{'0' * 24}')"
     assert (pipeline.archive / "corrected.csv").exists()
 
     def sales() -> list[list[Any]]:

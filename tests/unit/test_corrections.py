@@ -85,7 +85,7 @@ def test_a_correction_replaces_the_fields_the_file_carries_and_adds_none() -> No
 def test_unknown_ids_are_named_in_one_line() -> None:
     outcome = CorrectionOutcome(unknown=[(n, f"id{n}") for n in range(2, 9)])
     assert outcome.note() == (
-        "7 rows name no quarantined row, not ingested: line 2 ('id2'), line 3 ('id3'), "
+        "not ingested, no quarantined row has the id (7): line 2 ('id2'), line 3 ('id3'), "
         "line 4 ('id4'), line 5 ('id5'), line 6 ('id6') and 2 more"
     )
     assert CorrectionOutcome().note() == ""
