@@ -1,13 +1,12 @@
-"""The three provisioned dashboards, built with grafana-foundation-sdk.
+"""The four provisioned dashboards, built with grafana-foundation-sdk.
 
     python -m dashboards.build           # writes dashboards/json/*.json
     python -m dashboards.build --check   # exits 1 if the committed JSON is stale
 
 ClickHouse panels read the tables of `sinks/schema.py`: every count runs on `FINAL`
 (or counts distinct keys), because replayed rows replace themselves only at merge
-time. Prometheus panels use only metrics defined in `tillstream/metrics.py`.
-The tables of later capabilities (aggregates, anomalies, API polls) do not exist
-yet, and neither do their panels (docs/dashboards.md).
+time; the reports read the views over the aggregates. Prometheus panels use only
+metrics defined in `tillstream/metrics.py`.
 """
 
 from __future__ import annotations
@@ -467,7 +466,7 @@ HEAT = [
     ),
     dashboard_models.DynamicConfigValue("color", {"mode": "continuous-GrYlRd"}),
 ]
-"""A table cell coloured by its value, green to red: a heatmap one row per cell."""
+"""Cells coloured by their value, green (low) to red (high), so a table reads as a heatmap."""
 
 
 def reports() -> dashboard.Dashboard:
