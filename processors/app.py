@@ -81,7 +81,7 @@ def build_app(
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
     validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")
 
-    def table(name: str, help: str) -> BatchedChangelogTable:
+    def table(name: str, description: str) -> BatchedChangelogTable:
         return app.tables.add(
             BatchedChangelogTable(
                 app,
@@ -89,7 +89,7 @@ def build_app(
                 beacon=app.tables.beacon,
                 partitions=partitions,
                 key_type=str,
-                help=help,
+                help=description,
             )
         )
 
