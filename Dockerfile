@@ -1,4 +1,4 @@
-# The tillstream image: one image for every component (`watch`, `worker`, `sink`,
+# The tillstream image: one image for every component (`watch`, `poll`, `worker`, `sink`,
 # or `up` for everything in one container). Configuration is environment only
 # (TILLSTREAM_*), see tillstream/settings.py and docs/operations.md.
 

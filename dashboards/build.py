@@ -1,13 +1,12 @@
-"""The three provisioned dashboards, built with grafana-foundation-sdk.
+"""The four provisioned dashboards, built with grafana-foundation-sdk.
 
     python -m dashboards.build           # writes dashboards/json/*.json
     python -m dashboards.build --check   # exits 1 if the committed JSON is stale
 
 ClickHouse panels read the tables of `sinks/schema.py`: every count runs on `FINAL`
 (or counts distinct keys), because replayed rows replace themselves only at merge
-time. Prometheus panels use only metrics defined in `tillstream/metrics.py`.
-The tables of later capabilities (aggregates, anomalies, API polls) do not exist
-yet, and neither do their panels (docs/dashboards.md).
+time; the reports read the views over the aggregates. Prometheus panels use only
+metrics defined in `tillstream/metrics.py`.
 """
 
 from __future__ import annotations
@@ -453,6 +452,152 @@ def sales_overview() -> dashboard.Dashboard:
     return board
 
 
+# ----------------------------------------------------------------------------------- reports
+
+MONTHS_IN_RANGE = "month >= toStartOfMonth($__fromTime, 'UTC') AND month <= $__toTime"
+"""The report views have a row per calendar month (UTC): every month the range touches."""
+
+HEAT = [
+    dashboard_models.DynamicConfigValue(
+        "custom.cellOptions",
+        common_models.TableColoredBackgroundCellOptions(
+            mode=common_models.TableCellBackgroundDisplayMode.GRADIENT
+        ),
+    ),
+    dashboard_models.DynamicConfigValue("color", {"mode": "continuous-GrYlRd"}),
+]
+"""Cells coloured by their value, green (low) to red (high), so a table reads as a heatmap."""
+
+
+def reports() -> dashboard.Dashboard:
+    board = _dashboard(
+        "tillstream-reports",
+        "tillstream / Reports",
+        "The unfiltered report views of the incremental aggregates (late sales included): "
+        "months, products, regions and category discounts.",
+        "now-3y",
+    )
+    board.with_panel(
+        ts_panel(
+            "Revenue per month",
+            "Revenue of every calendar month (UTC) the time range touches.",
+            [
+                SQL(
+                    """
+                    SELECT month AS time, revenue
+                    FROM ${database}.monthly_sales_summary
+                    WHERE {months}
+                    ORDER BY time""",
+                    "timeseries",
+                    months=MONTHS_IN_RANGE,
+                )
+            ],
+            datasource=CLICKHOUSE,
+            unit="currencyUSD",
+            width=12,
+        )
+    ).with_panel(
+        table_panel(
+            "Monthly sales summary",
+            "Revenue, units, orders and discounts per calendar month (UTC) of the time range.",
+            SQL(
+                """
+                SELECT
+                    month,
+                    revenue,
+                    units,
+                    orders,
+                    round(toFloat64(revenue / orders), 2) AS average_order_value,
+                    round(toFloat64(average_discount), 4) AS average_discount
+                FROM ${database}.monthly_sales_summary
+                WHERE {months}
+                ORDER BY month DESC""",
+                months=MONTHS_IN_RANGE,
+            ),
+            width=12,
+            height=8,
+        )
+    )
+    board.with_panel(
+        bar_panel(
+            "Top products by revenue (all time)",
+            "The ten products with the most revenue since the first sale, whatever the "
+            "time range (the view ranks over all months).",
+            SQL(
+                """
+                SELECT product, revenue
+                FROM ${database}.top_products
+                WHERE rank_by_revenue <= 10
+                ORDER BY rank_by_revenue"""
+            ),
+            "product",
+            unit="currencyUSD",
+        )
+    ).with_panel(
+        bar_panel(
+            "Top products by units (all time)",
+            "The ten products with the most units sold since the first sale, whatever the "
+            "time range.",
+            SQL(
+                """
+                SELECT product, units
+                FROM ${database}.top_products
+                WHERE rank_by_units <= 10
+                ORDER BY rank_by_units"""
+            ),
+            "product",
+        )
+    )
+    board.with_panel(
+        table_panel(
+            "Region performance",
+            "Each region over the months of the time range: revenue and its share, units, "
+            "orders, average order value and average discount per order.",
+            SQL(
+                """
+                SELECT
+                    region,
+                    sum(revenue) AS total_revenue,
+                    round(toFloat64(total_revenue) / toFloat64(sum(sum(revenue)) OVER ()), 4)
+                        AS revenue_share,
+                    sum(units) AS total_units,
+                    sum(orders) AS total_orders,
+                    round(toFloat64(total_revenue / total_orders), 2) AS average_order_value,
+                    round(sum(toFloat64(average_discount) * orders) / total_orders, 4)
+                        AS average_discount
+                FROM ${database}.region_performance
+                WHERE {months}
+                GROUP BY region
+                ORDER BY total_revenue DESC""",
+                months=MONTHS_IN_RANGE,
+            ),
+            width=12,
+            height=8,
+        )
+    ).with_panel(
+        table_panel(
+            "Category discount map",
+            "Average discount per order for each category and calendar month of the time "
+            "range; the colour runs from the lowest discount (green) to the highest (red).",
+            SQL(
+                """
+                SELECT
+                    month,
+                    category,
+                    round(toFloat64(average_discount), 4) AS average_discount,
+                    orders
+                FROM ${database}.category_discount_map
+                WHERE {months}
+                ORDER BY month DESC, category""",
+                months=MONTHS_IN_RANGE,
+            ),
+            width=12,
+            height=8,
+        ).override_by_name("average_discount", HEAT)
+    )
+    return board
+
+
 # ------------------------------------------------------------------------------ data quality
 
 QUARANTINE_WHERE = """\
@@ -864,6 +1009,57 @@ def pipeline_health() -> dashboard.Dashboard:
     )
     board.with_panel(
         ts_panel(
+            "Poll runs",
+            "Poll runs finished per second, by poller and status (done: every record "
+            "accounted for in ClickHouse; failed: recorded in the history, retried on "
+            "schedule).",
+            [
+                promql(
+                    f"sum by (poller, status) (rate(tillstream_poller_runs_total{RATE}))",
+                    "{{poller}} {{status}}",
+                    "A",
+                )
+            ],
+            datasource=PROMETHEUS,
+            unit="ops",
+            width=8,
+        )
+    ).with_panel(
+        ts_panel(
+            "Records pulled",
+            "Records per second fetched from the APIs, by poller.",
+            [
+                promql(
+                    f"sum by (poller) (rate(tillstream_poller_records_read_total{RATE}))",
+                    "{{poller}}",
+                    "A",
+                )
+            ],
+            datasource=PROMETHEUS,
+            unit="rowsps",
+            width=8,
+        )
+    ).with_panel(
+        ts_panel(
+            "Poller request failures",
+            "HTTP requests per second that did not succeed, by poller and outcome: server "
+            "errors, rate limiting and connection errors are retried with backoff (up to "
+            "max_attempts); a client error fails the run at once.",
+            [
+                promql(
+                    "sum by (poller, outcome) "
+                    f'(rate(tillstream_poller_requests_total{{outcome!="ok"}}{RATE}))',
+                    "{{poller}} {{outcome}}",
+                    "A",
+                )
+            ],
+            datasource=PROMETHEUS,
+            unit="reqps",
+            width=8,
+        )
+    )
+    board.with_panel(
+        ts_panel(
             "Time to ClickHouse per source",
             "For each source that finished in the range: seconds from being seen to its "
             "last row being visible in ClickHouse (from the ingestion history, so it needs "
@@ -890,6 +1086,7 @@ def pipeline_health() -> dashboard.Dashboard:
 
 DASHBOARDS: dict[str, Callable[[], dashboard.Dashboard]] = {
     "sales_overview": sales_overview,
+    "reports": reports,
     "data_quality": data_quality,
     "pipeline_health": pipeline_health,
 }

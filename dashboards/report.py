@@ -36,7 +36,12 @@ from tillstream.settings import Settings
 
 __all__ = ["ORDER", "PanelResult", "Report", "build_report", "render_html"]
 
-ORDER = ("tillstream-sales-overview", "tillstream-data-quality", "tillstream-pipeline-health")
+ORDER = (
+    "tillstream-sales-overview",
+    "tillstream-reports",
+    "tillstream-data-quality",
+    "tillstream-pipeline-health",
+)
 PALETTE = ("#1f78c1", "#7eb26d", "#eab839", "#e24d42", "#6ed0e0", "#ba43a9", "#ef843c", "#705da0")
 MAX_TABLE_ROWS = 200
 CHART_TYPES = frozenset({"timeseries", "barchart", "piechart"})

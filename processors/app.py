@@ -83,25 +83,22 @@ def build_app(
     )
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
     validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")
-    seen = app.tables.add(
-        BatchedChangelogTable(
-            app,
-            name="seen",
-            beacon=app.tables.beacon,
-            partitions=partitions,
-            key_type=str,
-            help="order id -> its accepted delivery (processors/dedupe.py)",
+
+    def table(name: str, description: str) -> BatchedChangelogTable:
+        return app.tables.add(
+            BatchedChangelogTable(
+                app,
+                name=name,
+                beacon=app.tables.beacon,
+                partitions=partitions,
+                key_type=str,
+                help=description,
+            )
         )
-    )
-    aggregates = app.tables.add(
-        BatchedChangelogTable(
-            app,
-            name="aggregates",
-            beacon=app.tables.beacon,
-            partitions=partitions,
-            key_type=str,
-            help="partition|window|start|dimension|key -> totals (processors/aggregates.py)",
-        )
+
+    seen = table("seen", "order id -> its accepted delivery (processors/dedupe.py)")
+    aggregates = table(
+        "aggregates", "partition|window|start|dimension|key -> totals (processors/aggregates.py)"
     )
     rules = settings.cleaning
     lateness_ms = settings.worker.allowed_lateness_seconds * 1000

@@ -91,6 +91,7 @@ def test_every_clickhouse_panel_query_returns_rows_on_pipeline_data(
     boards = load_dashboards()
     assert {board.uid for board in boards} == {
         "tillstream-sales-overview",
+        "tillstream-reports",
         "tillstream-data-quality",
         "tillstream-pipeline-health",
     }

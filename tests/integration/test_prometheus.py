@@ -17,7 +17,8 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections import deque
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +28,7 @@ import yaml
 from dashboards.macros import expand_prometheus
 from dashboards.model import load_dashboards
 from tests.pipeline import Pipeline, wait_for
+from tests.sales_api import Route, SalesApi
 from tillstream.broker import free_port
 from tillstream.sample_data import generate_sales
 
@@ -120,6 +122,30 @@ class Prometheus:
 
 
 @pytest.fixture
+def polled_pipeline(make_pipeline: Callable[..., Pipeline]) -> Iterator[Pipeline]:
+    """A pipeline with one poller, whose first request is answered 503 and retried:
+    the poller panels have runs, records and a failed request to show."""
+    api = SalesApi({"page": Route("PG", lambda _: True, faults=deque(["503"]))})
+    api.routes["page"].add(12)
+    api.start()
+    poller = {
+        "name": "shop",
+        "url": f"{api.url}/page",
+        "interval_seconds": 3600,
+        "records_path": "data",
+        "column_aliases": {
+            "order_id": ["orderRef"],
+            "sold_at": ["createdAt"],
+            "product": ["item.name"],
+        },
+        "pagination": {"style": "page", "page_size": 5},
+        "backoff_seconds": 0.05,
+    }
+    yield make_pipeline(config={"pollers": [poller]})
+    api.close()
+
+
+@pytest.fixture
 def prometheus_for(tmp_path: Path) -> Iterator[Any]:
     if PROMETHEUS is None:
         pytest.skip(
@@ -140,9 +166,11 @@ def prometheus_for(tmp_path: Path) -> Iterator[Any]:
 
 
 def test_every_dashboard_and_alert_expression_has_series_in_a_real_prometheus(
-    pipeline: Pipeline, prometheus_for: Any
+    polled_pipeline: Pipeline, prometheus_for: Any
 ) -> None:
+    pipeline = polled_pipeline
     pipeline.start()
+    pipeline.wait_for_status("shop", "done")
     truth = generate_sales(pipeline.inbox / "sales.csv", 5_000, seed=29)
     pipeline.wait_for_status("sales.csv", "done")
     target = urllib.parse.urlsplit(pipeline.api_url).netloc
@@ -204,9 +232,11 @@ def test_every_dashboard_and_alert_expression_has_series_in_a_real_prometheus(
 
 
 def test_the_report_fills_the_prometheus_panels_from_a_prometheus(
-    pipeline: Pipeline, prometheus_for: Any, tmp_path: Path
+    polled_pipeline: Pipeline, prometheus_for: Any, tmp_path: Path
 ) -> None:
+    pipeline = polled_pipeline
     pipeline.start()
+    pipeline.wait_for_status("shop", "done")
     prometheus: Prometheus = prometheus_for(urllib.parse.urlsplit(pipeline.api_url).netloc)
     wait_for(
         lambda: prometheus.query('count_over_time(up{job="tillstream"}[1m]) >= 3'),

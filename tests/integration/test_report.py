@@ -33,7 +33,7 @@ def _report(pipeline: Pipeline, out: Path, *extra: str) -> str:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "panels of 3 dashboards" in result.stdout
+    assert "panels of 4 dashboards" in result.stdout
     return out.read_text(encoding="utf-8")
 
 

@@ -32,8 +32,11 @@ ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 
-TILLSTREAM_SERVICES = ("watch", "worker", "sink")
+TILLSTREAM_SERVICES = ("watch", "poll", "worker", "sink")
 SCALABLE_SERVICES = ("worker",)
+SINGLE_SERVICES = ("watch", "poll", "sink")
+"""One process each: a second watcher would read the same files, a second poller pull
+the same runs, and several sinks have not been tested."""
 RUNTIME_FOLDERS = ("inbox", "archive", "failed")
 """Host folders of `watch` that hold the user's files, not the repository's."""
 
@@ -355,6 +358,20 @@ def test_worker_can_be_scaled(compose: dict[str, Any]) -> None:
         assert 1 <= spec.get("deploy", {}).get("replicas", 1) <= partitions
 
 
+def test_single_process_services_are_not_replicated(compose: dict[str, Any]) -> None:
+    for name in SINGLE_SERVICES:
+        assert service(compose, name).get("deploy", {}).get("replicas", 1) == 1, name
+
+
+def test_poller_state_survives_a_new_container(compose: dict[str, Any]) -> None:
+    """Cursors live in <data_dir>/pollers/: without a volume, a recreated container
+    would pull everything again from `cursor.initial`."""
+    data_dir = settings_from(container_env(compose, "poll")).data_dir
+    volume = named_volumes(compose, "poll").get(str(data_dir))
+    assert volume is not None, f"poll keeps its data_dir {data_dir} in no named volume"
+    assert volume in set(compose.get("volumes") or {})
+
+
 def test_data_of_each_server_lives_in_a_named_volume(compose: dict[str, Any]) -> None:
     declared = set(compose.get("volumes") or {})
     kafka_dir = service_env(compose, "kafka")["KAFKA_LOG_DIRS"]
@@ -416,7 +433,7 @@ def test_clickhouse_url_is_the_clickhouse_service(compose: dict[str, Any]) -> No
         assert parts.port == listening_port(compose, str(parts.hostname))
         assert parts.hostname == "clickhouse"
         users += 1
-    assert users == 2, "watch and sink both use ClickHouse"
+    assert users == 3, "watch, poll and sink use ClickHouse"
 
 
 def test_prometheus_scrapes_every_component_where_it_listens(compose: dict[str, Any]) -> None:
@@ -494,7 +511,7 @@ def _password_variable(user: ET.Element) -> str:
 def test_pipeline_user_exists_and_shares_its_password(compose: dict[str, Any]) -> None:
     users = clickhouse_users(compose)
     clickhouse_env = service_env(compose, "clickhouse")
-    for name in ("watch", "sink"):
+    for name in ("watch", "poll", "sink"):
         settings = settings_from(container_env(compose, name))
         user = _user(users, settings.clickhouse.username)
         variable = _password_variable(user)

@@ -71,6 +71,14 @@ def test_the_dashboards_have_the_panels_the_issue_asks_for(boards: dict[str, Das
             "Discounts by category",
             "Monthly summary",
         },
+        "tillstream-reports": {
+            "Revenue per month",
+            "Monthly sales summary",
+            "Top products by revenue (all time)",
+            "Top products by units (all time)",
+            "Region performance",
+            "Category discount map",
+        },
         "tillstream-data-quality": {
             "Valid vs rejected rows",
             "Rejects by reason",
@@ -85,6 +93,9 @@ def test_the_dashboards_have_the_panels_the_issue_asks_for(boards: dict[str, Das
             "Sink flushes",
             "Errors and retries",
             "DLQ rate",
+            "Poll runs",
+            "Records pulled",
+            "Poller request failures",
         },
     }
     assert set(boards) == set(expected)
