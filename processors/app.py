@@ -88,7 +88,8 @@ def build_app(
         async for value in stream:
             started = time.perf_counter()
             source, sales = decode_validated(value)
-            output = dedupe(source, sales, seen, datetime.now(UTC))
+            output = dedupe(source, sales, seen.entries, datetime.now(UTC))
+            seen.record(output.accepted)
             await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
             await publisher.publish(topics.clean.name, output.clean, _HEADERS)
             await publisher.publish(topics.dlq.name, output.dead_letters, _HEADERS)

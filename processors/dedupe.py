@@ -28,6 +28,8 @@ class DedupeOutput:
     clean: list[Message] = field(default_factory=list)
     dead_letters: list[Message] = field(default_factory=list)
     duplicates: list[Message] = field(default_factory=list)
+    accepted: list[tuple[str, SeenEntry]] = field(default_factory=list)
+    """The entries added to `seen`, in order: what its changelog must record."""
 
 
 def dedupe(
@@ -40,7 +42,9 @@ def dedupe(
     for sale in sales:
         accepted = seen.get(sale.order_id)
         if accepted is None:
-            seen[sale.order_id] = [sale.fingerprint, source.id, sale.line]
+            entry: SeenEntry = [sale.fingerprint, source.id, sale.line]
+            seen[sale.order_id] = entry
+            output.accepted.append((sale.order_id, entry))
             output.clean.append(Message(sale.order_id.encode(), sale.clean_json.encode()))
             continue
         fingerprint, first_source, first_line = accepted
@@ -55,7 +59,7 @@ def dedupe(
                 dead_letter(
                     source,
                     sale.line,
-                    decode(sale.original_json.encode()),
+                    sale.original_json,
                     [ReasonCode.CONFLICTING_DUPLICATE],
                     {
                         "order_id": f"order {sale.order_id!r} was first received with other "

@@ -2,7 +2,9 @@
 
 It uses aiokafka's batch API: one `send()` per message tops out near 45k msgs/s
 here, batches near 700k/s. Keys are partitioned with Kafka's default murmur2
-partitioner, so a consumer that partitions by `order_id` agrees with us.
+partitioner, so a consumer that partitions by `order_id` agrees with us; it is
+computed with numpy for a whole group of keys at once, since aiokafka's pure-Python
+murmur2 per message cost more than building the batches.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
-from aiokafka.partitioner import murmur2
 from aiokafka.producer.message_accumulator import BatchBuilder
 
-__all__ = ["Message", "KafkaPublisher", "partition_for"]
+__all__ = ["Message", "KafkaPublisher", "partition_for", "partitions_for"]
 
 MAX_MESSAGE_BYTES = 8 * 2**20
 MAX_RETRY_SECONDS = 5.0
@@ -36,9 +39,46 @@ class Message:
     """None: chosen from the key."""
 
 
+_MURMUR_SEED = np.uint32(0x9747B28C)
+_MURMUR_M = np.uint32(0x5BD1E995)
+
+
+def partitions_for(keys: Sequence[bytes], partitions: int) -> npt.NDArray[np.int64]:
+    """Kafka's default partitioner (murmur2, positive) for many keys at once, as the Java
+    client computes it for each: the keys are laid out as rows of little-endian 32-bit
+    words and hashed a word column at a time, in uint32 arithmetic that wraps as Java's
+    int does."""
+    count = len(keys)
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    lengths = np.fromiter(map(len, keys), dtype=np.int64, count=count)
+    words = int(lengths.max()) // 4 + 1
+    padded = np.zeros((count, words * 4), dtype=np.uint8)
+    padded[np.arange(words * 4) < lengths[:, None]] = np.frombuffer(
+        b"".join(keys), dtype=np.uint8
+    )
+    blocks = padded.view("<u4")
+    full = lengths // 4
+    h = _MURMUR_SEED ^ lengths.astype(np.uint32)
+    for i in range(int(full.max())):
+        k = blocks[:, i] * _MURMUR_M
+        k = (k ^ (k >> np.uint32(24))) * _MURMUR_M
+        h = np.where(i < full, (h * _MURMUR_M) ^ k, h)
+    rows = np.arange(count)
+    tail = full * 4
+    extra = lengths % 4
+    for offset in (2, 1):
+        byte = padded[rows, tail + offset].astype(np.uint32) << np.uint32(8 * offset)
+        h = np.where(extra > offset, h ^ byte, h)
+    h = np.where(extra > 0, (h ^ padded[rows, tail].astype(np.uint32)) * _MURMUR_M, h)
+    h = (h ^ (h >> np.uint32(13))) * _MURMUR_M
+    h ^= h >> np.uint32(15)
+    return (h & np.uint32(0x7FFFFFFF)).astype(np.int64) % partitions
+
+
 def partition_for(key: bytes, partitions: int) -> int:
-    """Kafka's default partitioner (murmur2, positive), as the Java client does it."""
-    return (murmur2(key) & 0x7FFFFFFF) % partitions
+    """The partition of one key; see `partitions_for`."""
+    return int(partitions_for([key], partitions)[0])
 
 
 class KafkaPublisher:
@@ -93,12 +133,12 @@ class KafkaPublisher:
         self, topic: str, messages: list[Message], headers: Sequence[Header]
     ) -> int:
         partitions = await self.partition_count(topic)
+        unplaced = [message.key for message in messages if message.partition is None]
+        computed = iter(partitions_for(unplaced, partitions).tolist())
         by_partition: dict[int, list[Message]] = defaultdict(list)
         for message in messages:
             partition = message.partition
-            if partition is None:
-                partition = partition_for(message.key, partitions)
-            by_partition[partition].append(message)
+            by_partition[next(computed) if partition is None else partition].append(message)
         deliveries: list[asyncio.Future[object]] = []
         for partition, group in by_partition.items():
             deliveries.extend(await self._send_partition(topic, partition, group, headers))
