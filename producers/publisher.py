@@ -54,9 +54,7 @@ def partitions_for(keys: Sequence[bytes], partitions: int) -> npt.NDArray[np.int
     lengths = np.fromiter(map(len, keys), dtype=np.int64, count=count)
     words = int(lengths.max()) // 4 + 1
     padded = np.zeros((count, words * 4), dtype=np.uint8)
-    padded[np.arange(words * 4) < lengths[:, None]] = np.frombuffer(
-        b"".join(keys), dtype=np.uint8
-    )
+    padded[np.arange(words * 4) < lengths[:, None]] = np.frombuffer(b"".join(keys), dtype=np.uint8)
     blocks = padded.view("<u4")
     full = lengths // 4
     h = _MURMUR_SEED ^ lengths.astype(np.uint32)
