@@ -9,19 +9,20 @@ crash re-delivers rather than loses.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
 
 import faust
 
-from processors.chunks import clean_chunk, decode_validated
+from processors.chunks import CleanedChunk, clean_chunk, decode_validated
 from processors.dedupe import dedupe
 from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher
 from tillstream import metrics
 from tillstream.records import SCHEMA_VERSION, SCHEMA_VERSION_HEADER, RawChunk
-from tillstream.settings import Settings
+from tillstream.settings import CleaningRules, Settings
 from tillstream.topics import Topics
 
 __all__ = ["build_app"]
@@ -70,8 +71,7 @@ def build_app(
     async def clean(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             started = time.perf_counter()
-            chunk = RawChunk.from_json(value)
-            cleaned = clean_chunk(chunk, rules, partitions, datetime.now(UTC))
+            cleaned = await asyncio.to_thread(_clean, value, rules, partitions)
             await publisher.publish(
                 topics.dlq.name, [*cleaned.dead_letters, *cleaned.released], _HEADERS
             )
@@ -101,3 +101,9 @@ def build_app(
             metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
 
     return app, seen
+
+
+def _clean(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
+    """Decoding and cleaning a chunk, run off the event loop: Arrow and pandas release the
+    GIL, so the loop meanwhile serves the other agent, the sink and the Kafka clients."""
+    return clean_chunk(RawChunk.from_json(value), rules, partitions, datetime.now(UTC))

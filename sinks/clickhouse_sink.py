@@ -49,12 +49,12 @@ class _Batch:
         return sum(len(values) for values in self.values.values())
 
 
-def dedup_token(table: str, values: list[bytes]) -> str:
-    """The same rows in the same order always give the same token."""
+def dedup_token(table: str, block: bytes) -> str:
+    """The same rows in the same order always give the same token; `block` is the rows
+    joined by newlines, as inserted."""
     digest = hashlib.blake2b(table.encode(), digest_size=16)
-    for value in values:
-        digest.update(value)
-        digest.update(b"\n")
+    digest.update(block)
+    digest.update(b"\n")
     return digest.hexdigest()
 
 
@@ -188,7 +188,8 @@ class ClickHouseSink:
         """Write a batch; if ClickHouse refuses its content, split it until the
         offending messages are found, write the rest and log each offender."""
         try:
-            await self._db.insert_json_rows(table, b"\n".join(values), dedup_token(table, values))
+            block = b"\n".join(values)
+            await self._db.insert_json_rows(table, block, dedup_token(table, block))
         except Exception as exc:
             if is_retryable(exc):
                 raise
