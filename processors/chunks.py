@@ -46,9 +46,10 @@ FINGERPRINT_COLUMNS = [name for name in CLEAN_COLUMNS if name != "revenue_cents"
 provenance is not part of it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ValidatedSale:
-    """A clean row on its way to dedupe: its identity, its message, and the row as received."""
+    """A clean row on its way to dedupe: its identity, its message, and the row as received.
+    Not frozen, as one is made per row (see `Message`)."""
 
     order_id: str
     fingerprint: str
@@ -339,7 +340,7 @@ def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:
     sales = []
     for text in lines:
         order_id, fingerprint, line, clean_json, original_json = text.split("\t", 4)
-        sales.append(
-            ValidatedSale(decode(order_id), fingerprint, int(line), clean_json, original_json)
-        )
+        # A JSON string without escapes is its text in quotes: no need to parse most ids.
+        order_id = decode(order_id) if "\\" in order_id else order_id[1:-1]
+        sales.append(ValidatedSale(order_id, fingerprint, int(line), clean_json, original_json))
     return SourceRef(**decode(header.encode())["source"]), sales

@@ -48,9 +48,9 @@ class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
 
     @property
     def entries(self) -> MutableMapping[Any, Any]:
-        """The table's storage, without Faust's per-key hooks (a few microseconds per
-        access): whoever updates it through this records the updates with `record`."""
-        return self.data  # type: ignore[no-any-return]
+        """The dict behind the table's memory store, without Faust's per-key hooks (a few
+        microseconds per access): whoever updates it records the updates with `record`."""
+        return self.data.data  # type: ignore[no-any-return]
 
     def record(self, updates: Iterable[tuple[str, Any]]) -> None:
         """The changelog messages of updates made through `entries` by the current event,
