@@ -18,6 +18,7 @@ import faust
 
 from processors.chunks import CleanedChunk, clean_chunk, decode_validated
 from processors.dedupe import dedupe
+from processors.faust_app import App
 from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher
 from tillstream import metrics
@@ -37,7 +38,7 @@ def build_app(
 ) -> tuple[faust.App, BatchedChangelogTable]:
     """The app and its dedupe table, whose changelog may need restoring before start."""
     partitions = settings.kafka.partitions
-    app = faust.App(
+    app = App(
         f"{settings.kafka.group_prefix}-worker",
         broker=[f"kafka://{server}" for server in bootstrap_servers.split(",")],
         store="memory://",
