@@ -15,8 +15,10 @@ from faust.types import TransportT
 
 __all__ = ["FETCH_MAX_WAIT_MS", "App"]
 
-FETCH_MAX_WAIT_MS = 100
-"""Long enough to keep an idle consumer's fetches cheap, short enough not to be noticed."""
+FETCH_MAX_WAIT_MS = 500
+"""At 100 ms the worker's consumer set off a storm of metadata requests against the
+embedded broker (a quarter of the CPU time, throughput down 3x); 500 ms keeps a 1,000-row
+file near 1.4 s (p50) at a steady trickle."""
 
 
 class _ConsumerThread(driver.AIOKafkaConsumerThread):  # type: ignore[misc]
