@@ -76,7 +76,7 @@ def build_app(
             await publisher.publish(
                 topics.dlq.name, [*cleaned.dead_letters, *cleaned.released], _HEADERS
             )
-            await publisher.publish(topics.validated.name, cleaned.validated)
+            await publisher.publish(topics.validated.name, cleaned.validated, compressed=True)
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
             metrics.WORKER_ROWS.labels("clean", "rejected").inc(rejected)
@@ -91,7 +91,9 @@ def build_app(
             source, sales = decode_validated(value)
             output = dedupe(source, sales, seen.entries, datetime.now(UTC))
             seen.record(output.accepted)
-            await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
+            await publisher.publish(
+                seen.changelog_topic_name, seen.take_changelog(), compressed=True
+            )
             await publisher.publish(topics.clean.name, output.clean, _HEADERS)
             await publisher.publish(topics.dlq.name, output.dead_letters, _HEADERS)
             await publisher.publish(topics.duplicates.name, output.duplicates, _HEADERS)

@@ -102,7 +102,7 @@ async def restore_changelog(
                 rows, owners, strict=True
             )
         ]
-        restored += await publisher.publish(topic, messages)
+        restored += await publisher.publish(topic, messages, compressed=True)
     return restored
 
 

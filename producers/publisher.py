@@ -86,32 +86,47 @@ class KafkaPublisher:
     """Publishes groups of messages and returns once the broker has them all."""
 
     def __init__(self, bootstrap_servers: str, client_id: str, *, idempotent: bool = False) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap_servers,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=idempotent,
-            max_request_size=MAX_MESSAGE_BYTES,
-            max_batch_size=2**20,
-            linger_ms=0,
+        self._plain, self._compressing = (
+            AIOKafkaProducer(
+                bootstrap_servers=bootstrap_servers,
+                client_id=client_id,
+                acks="all",
+                enable_idempotence=idempotent,
+                compression_type=compression,
+                max_request_size=MAX_MESSAGE_BYTES,
+                max_batch_size=2**20,
+                linger_ms=0,
+            )
+            for compression in (None, "lz4")
         )
         self._partitions: dict[str, int] = {}
 
     async def start(self) -> None:
-        await self._producer.start()
+        await self._plain.start()
+        await self._compressing.start()
 
     async def stop(self) -> None:
-        await self._producer.stop()
+        await self._compressing.stop()
+        await self._plain.stop()
 
     async def partition_count(self, topic: str) -> int:
         if topic not in self._partitions:
-            self._partitions[topic] = len(await self._producer.partitions_for(topic))
+            self._partitions[topic] = len(await self._plain.partitions_for(topic))
         return self._partitions[topic]
 
     async def publish(
-        self, topic: str, messages: Iterable[Message], headers: Sequence[Header] = ()
+        self,
+        topic: str,
+        messages: Iterable[Message],
+        headers: Sequence[Header] = (),
+        *,
+        compressed: bool = False,
     ) -> int:
         """Send every message; return how many, once all are acknowledged.
+
+        `compressed` sends LZ4 batches: for internal topics, where it takes a quarter of
+        the broker's memory (the embedded broker keeps every byte) for about 2 µs per
+        message. Public topics stay uncompressed, so a consumer needs no codec library.
 
         While the broker is unreachable or busy this keeps trying, with capped
         backoff: the caller waits, which is the backpressure, and nothing it was
@@ -122,7 +137,8 @@ class KafkaPublisher:
         delay = 0.1
         while True:
             try:
-                return await self._publish_once(topic, group, headers)
+                producer = self._compressing if compressed else self._plain
+                return await self._publish_once(producer, topic, group, headers)
             except KafkaError as exc:
                 if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
                     raise
@@ -131,7 +147,11 @@ class KafkaPublisher:
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def _publish_once(
-        self, topic: str, messages: list[Message], headers: Sequence[Header]
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        messages: list[Message],
+        headers: Sequence[Header],
     ) -> int:
         partitions = await self.partition_count(topic)
         unplaced = [message.key for message in messages if message.partition is None]
@@ -142,39 +162,44 @@ class KafkaPublisher:
             by_partition[next(computed) if partition is None else partition].append(message)
         deliveries: list[asyncio.Future[object]] = []
         for partition, group in by_partition.items():
-            deliveries.extend(await self._send_partition(topic, partition, group, headers))
+            deliveries.extend(
+                await _send_partition(producer, topic, partition, group, list(headers))
+            )
         await asyncio.gather(*deliveries)
         return sum(len(group) for group in by_partition.values())
 
-    async def _send_partition(
-        self, topic: str, partition: int, group: list[Message], headers: Sequence[Header]
-    ) -> list[asyncio.Future[object]]:
-        """Send a partition's messages in as few batches as fit, the last message alone.
 
-        The embedded broker computes a partition's high watermark from the base
-        offset of its last batch; ending on a one-message batch keeps it right, and
-        with it Faust's changelog recovery and every lag figure.
-        """
-        header_list = list(headers)
-        deliveries = []
-        batch = self._producer.create_batch()
-        for message in group[:-1]:
-            if not _append(batch, message, header_list):
-                deliveries.append(
-                    await self._producer.send_batch(batch, topic, partition=partition)
-                )
-                batch = self._batch_of(message, header_list)
-        if batch.record_count():
-            deliveries.append(await self._producer.send_batch(batch, topic, partition=partition))
-        last = self._batch_of(group[-1], header_list)
-        deliveries.append(await self._producer.send_batch(last, topic, partition=partition))
-        return deliveries
+async def _send_partition(
+    producer: AIOKafkaProducer,
+    topic: str,
+    partition: int,
+    group: list[Message],
+    headers: list[Header],
+) -> list[asyncio.Future[object]]:
+    """Send a partition's messages in as few batches as fit, the last message alone.
 
-    def _batch_of(self, message: Message, headers: list[Header]) -> BatchBuilder:
-        batch = self._producer.create_batch()
+    The embedded broker computes a partition's high watermark from the base
+    offset of its last batch; ending on a one-message batch keeps it right, and
+    with it Faust's changelog recovery and every lag figure.
+    """
+    deliveries = []
+    batch = producer.create_batch()
+    for message in group[:-1]:
         if not _append(batch, message, headers):
-            raise ValueError(f"message of {len(message.value or b'')} bytes exceeds the batch size")
-        return batch
+            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+            batch = _batch_of(producer, message, headers)
+    if batch.record_count():
+        deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+    last = _batch_of(producer, group[-1], headers)
+    deliveries.append(await producer.send_batch(last, topic, partition=partition))
+    return deliveries
+
+
+def _batch_of(producer: AIOKafkaProducer, message: Message, headers: list[Header]) -> BatchBuilder:
+    batch = producer.create_batch()
+    if not _append(batch, message, headers):
+        raise ValueError(f"message of {len(message.value or b'')} bytes exceeds the batch size")
+    return batch
 
 
 def _append(batch: BatchBuilder, message: Message, headers: list[Header]) -> bool:
