@@ -107,6 +107,6 @@ def build_app(
 
 
 def _clean(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
-    """Decoding and cleaning a chunk, run off the event loop: Arrow and pandas release the
-    GIL, so the loop meanwhile serves the other agent, the sink and the Kafka clients."""
+    """Decoding and cleaning a chunk, run off the event loop: much of Arrow's and pandas'
+    work releases the GIL, and the loop meanwhile serves dedupe, the sink and Kafka."""
     return clean_chunk(RawChunk.from_json(value), rules, partitions, datetime.now(UTC))
