@@ -7,6 +7,7 @@ on request, appended to docs/benchmarks.md with both.
 
 from __future__ import annotations
 
+import argparse
 import functools
 import json
 import os
@@ -46,13 +47,16 @@ __all__ = [
     "fmt_mb",
     "machine",
     "markdown_table",
+    "parser",
     "percentile",
     "print_table",
     "process_tree",
     "progress",
     "read_truth",
     "record",
+    "report",
     "sample_file",
+    "start",
 ]
 
 REPO = Path(__file__).resolve().parents[1]
@@ -205,6 +209,52 @@ def record(title: str, tables: Sequence[str], notes: Sequence[str] = ()) -> None
     with DOC.open("a", encoding="utf-8") as doc:
         doc.write("\n".join(lines).rstrip() + "\n")
     progress(f"recorded in {DOC.relative_to(REPO)}")
+
+
+def parser(doc: str, timeout: float) -> argparse.ArgumentParser:
+    """The options every benchmark that runs `up` takes; each adds its own."""
+    arguments = argparse.ArgumentParser(description=doc.splitlines()[0])
+    arguments.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
+    arguments.add_argument(
+        "--timeout", type=float, default=timeout, help="seconds to wait for a file to be done"
+    )
+    arguments.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
+    return arguments
+
+
+def start(arguments: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse the options and describe the machine now, so the load is the one the run
+    started under."""
+    args = arguments.parse_args(argv)
+    for name, value in machine().items():
+        progress(f"{name}: {value}")
+    return args
+
+
+def report(
+    title: str,
+    headers: Sequence[str],
+    rows: Sequence[Sequence[str]],
+    verdict: Sequence[str],
+    notes: Sequence[str],
+    *,
+    recorded: bool,
+    appendix: str = "",
+) -> None:
+    """The end of every benchmark: the result table, the verdict on the targets, the
+    notes and the exact command on stdout, then, with `recorded`, the same appended to
+    docs/benchmarks.md. `appendix` is Markdown that follows (a profile summary)."""
+    print()
+    print_table(headers, rows)
+    print()
+    for line in [*verdict, *notes]:
+        print(line)
+    print(f"\ncommand: {command_line()}")
+    if appendix:
+        print(f"\n{appendix}")
+    if recorded:
+        lines = [f"- {line}" for line in [*verdict, *notes]]
+        record(title, [markdown_table(headers, rows)], lines + (["", appendix] if appendix else []))
 
 
 def sample_file(rows: int, seed: int, prefix: str = "", work_dir: Path = WORK_DIR) -> Path:

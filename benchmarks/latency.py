@@ -13,7 +13,6 @@ history row's own `finished_at`. Both include the watcher's `stable_seconds`.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import threading
@@ -27,19 +26,16 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks._common import (  # noqa: E402
-    WORK_DIR,
     BenchmarkError,
     UpRun,
     check_history,
-    command_line,
-    machine,
-    markdown_table,
+    parser,
     percentile,
-    print_table,
     progress,
     read_truth,
-    record,
+    report,
     sample_file,
+    start,
 )
 
 TARGETS = {50: 2.0, 99: 5.0}
@@ -106,18 +102,12 @@ def _latencies(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--files", type=int, default=40, help="files to drop")
-    parser.add_argument("--rows", type=int, default=1_000, help="rows per file")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between drops")
-    parser.add_argument("--seed", type=int, default=1_000, help="seed of the first file")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
-    parser.add_argument("--timeout", type=float, default=300, help="seconds to wait at the end")
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-    args = parser.parse_args(argv)
-
-    for name, value in machine().items():
-        progress(f"{name}: {value}")
+    arguments = parser(__doc__ or "", timeout=300)
+    arguments.add_argument("--files", type=int, default=40, help="files to drop")
+    arguments.add_argument("--rows", type=int, default=1_000, help="rows per file")
+    arguments.add_argument("--interval", type=float, default=0.5, help="seconds between drops")
+    arguments.add_argument("--seed", type=int, default=1_000, help="seed of the first file")
+    args = start(arguments, argv)
     files = [
         sample_file(args.rows, args.seed + i, prefix=f"L{i:04d}", work_dir=args.work_dir)
         for i in range(args.files)
@@ -152,18 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         f"With {args.files} files, p99 is interpolated between the two slowest.",
         "Per file, observed (s): " + ", ".join(f"{value:.2f}" for value in observed) + ".",
     ]
-    print()
-    print_table(headers, rows)
-    print()
-    for line in verdict + notes:
-        print(line)
-    print(f"\ncommand: {command_line()}")
-    if args.record:
-        record(
-            f"Latency, {args.files} files of {args.rows:,} rows",
-            [markdown_table(headers, rows)],
-            [f"- {line}" for line in verdict + notes],
-        )
+    report(
+        f"Latency, {args.files} files of {args.rows:,} rows",
+        headers,
+        rows,
+        verdict,
+        notes,
+        recorded=args.record,
+    )
     return 0
 
 

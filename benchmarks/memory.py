@@ -9,7 +9,6 @@ than the sampling interval would slip between samples.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -21,21 +20,18 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from benchmarks._common import (  # noqa: E402
-    WORK_DIR,
     RssSampler,
     UpRun,
     check_clickhouse,
     check_history,
-    command_line,
     fmt_int,
     fmt_mb,
-    machine,
-    markdown_table,
-    print_table,
+    parser,
     progress,
     read_truth,
-    record,
+    report,
     sample_file,
+    start,
 )
 
 TARGET_BYTES = 500 * 2**20
@@ -82,18 +78,12 @@ def _footprint(path: Path, root: Path, interval: float, timeout: float) -> Footp
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the small file")
-    parser.add_argument("--big", type=int, default=10_000_000, help="rows of the big file")
-    parser.add_argument("--seed", type=int, default=8, help="generator seed")
-    parser.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
-    parser.add_argument("--timeout", type=float, default=7200, help="seconds to wait per file")
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-    args = parser.parse_args(argv)
-
-    for name, value in machine().items():
-        progress(f"{name}: {value}")
+    arguments = parser(__doc__ or "", timeout=7200)
+    arguments.add_argument("--rows", type=int, default=1_000_000, help="rows of the small file")
+    arguments.add_argument("--big", type=int, default=10_000_000, help="rows of the big file")
+    arguments.add_argument("--seed", type=int, default=8, help="generator seed")
+    arguments.add_argument("--interval", type=float, default=0.5, help="seconds between samples")
+    args = start(arguments, argv)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     footprints = []
     for rows in (args.rows, args.big):
@@ -129,18 +119,14 @@ def main(argv: list[str] | None = None) -> int:
         "before the drop; steady the median over the second half of the ingestion.",
         "Counts in the history and in ClickHouse equal the ground truth for both files.",
     ]
-    print()
-    print_table(headers, rows)
-    print()
-    for line in verdict + notes:
-        print(line)
-    print(f"\ncommand: {command_line()}")
-    if args.record:
-        record(
-            f"Memory, {fmt_int(small.rows)} vs {fmt_int(big.rows)} rows",
-            [markdown_table(headers, rows)],
-            [f"- {line}" for line in verdict + notes],
-        )
+    report(
+        f"Memory, {fmt_int(small.rows)} vs {fmt_int(big.rows)} rows",
+        headers,
+        rows,
+        verdict,
+        notes,
+        recorded=args.record,
+    )
     return 0
 
 

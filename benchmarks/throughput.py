@@ -15,7 +15,6 @@ because this machine is shared: only ratios measured side by side mean much.
 
 from __future__ import annotations
 
-import argparse
 import json
 import signal
 import subprocess
@@ -32,22 +31,19 @@ if str(REPO) not in sys.path:
 
 from benchmarks import hotpath  # noqa: E402
 from benchmarks._common import (  # noqa: E402
-    WORK_DIR,
     BenchmarkError,
     RssSampler,
     UpRun,
     check_clickhouse,
     check_history,
-    command_line,
     fmt_int,
     fmt_mb,
-    machine,
-    markdown_table,
-    print_table,
+    parser,
     progress,
     read_truth,
-    record,
+    report,
     sample_file,
+    start,
 )
 from tillstream.sample_data import GroundTruth  # noqa: E402
 
@@ -179,20 +175,14 @@ def _ratio(value: float, reference: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, default=1_000_000, help="rows of the messy CSV")
-    parser.add_argument("--seed", type=int, default=8, help="generator seed")
-    parser.add_argument(
+    arguments = parser(__doc__ or "", timeout=3600)
+    arguments.add_argument("--rows", type=int, default=1_000_000, help="rows of the messy CSV")
+    arguments.add_argument("--seed", type=int, default=8, help="generator seed")
+    arguments.add_argument(
         "--naive-rows", type=int, default=5_000, help="sample size of the naive baseline"
     )
-    parser.add_argument("--work-dir", type=Path, default=WORK_DIR, help="cache and run folders")
-    parser.add_argument("--timeout", type=float, default=3600, help="seconds to wait for done")
-    parser.add_argument("--profile", action="store_true", help="py-spy the up process")
-    parser.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
-    args = parser.parse_args(argv)
-
-    for name, value in machine().items():
-        progress(f"{name}: {value}")
+    arguments.add_argument("--profile", action="store_true", help="py-spy the up process")
+    args = start(arguments, argv)
     path = sample_file(args.rows, args.seed, work_dir=args.work_dir)
     truth = read_truth(path)
     root = args.work_dir / "runs" / f"throughput-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -260,28 +250,20 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         details.append("tillstream ran under py-spy (100 samples/s), which slows it slightly.")
 
-    print()
-    print_table(headers, rows)
-    print()
-    for line in verdict + details:
-        print(line)
-    print(f"\ncommand: {command_line()}")
-    summary = ""
+    appendix = ""
     if e2e.profile is not None:
         profile = hotpath.read_profile(e2e.profile)
-        for title, table_headers, table_rows in profile.tables(
-            15, e2e.result.seconds, PROFILE_RATE
-        ):
-            print(f"\nprofile, {title}")
-            print_table(table_headers, table_rows)
         summary = hotpath.markdown(profile, 15, e2e.result.seconds, PROFILE_RATE)
-        print(f"\nraw profile: {e2e.profile}")
-    if args.record:
-        tables = [markdown_table(headers, rows)]
-        notes = [f"- {line}" for line in verdict + details]
-        if summary:
-            notes += ["", f"Raw profile: `{e2e.profile}`.", "", summary]
-        record(f"Throughput, {fmt_int(args.rows)} rows", tables, notes)
+        appendix = f"Raw profile: `{e2e.profile}`.\n\n{summary}"
+    report(
+        f"Throughput, {fmt_int(args.rows)} rows",
+        headers,
+        rows,
+        verdict,
+        details,
+        recorded=args.record,
+        appendix=appendix,
+    )
     return 0
 
 

@@ -69,13 +69,17 @@ class Marker:
     watermark_before_ms: int = 0
     watermark_ms: int = 0
 
+    @staticmethod
+    def key(partition: int) -> str:
+        return f"{partition}|{MARKER}"
+
     @classmethod
     def load(cls, state: MutableMapping[str, list[int]], partition: int) -> Marker:
-        value = state.get(f"{partition}|{MARKER}")
+        value = state.get(cls.key(partition))
         return cls(*value) if value else cls()
 
     def store(self, state: MutableMapping[str, list[int]], partition: int) -> None:
-        state[f"{partition}|{MARKER}"] = [
+        state[self.key(partition)] = [
             self.offset,
             self.watermark_before_ms,
             self.watermark_ms,
@@ -197,9 +201,9 @@ def fold(
 
 def evict_closed(
     state: MutableMapping[str, list[int]], partition: int, watermark_ms: int, lateness_ms: int
-) -> int:
-    """Drop this partition's windows that no sale can reopen; their final values
-    were emitted when they last changed."""
+) -> list[str]:
+    """Drop this partition's windows that no sale can reopen (their final values
+    were emitted when they last changed); return their keys."""
     prefix = f"{partition}|"
     closed = [
         key
@@ -210,7 +214,7 @@ def evict_closed(
     ]
     for key in closed:
         del state[key]
-    return len(closed)
+    return closed
 
 
 def update_messages(state: MutableMapping[str, list[int]], keys: Iterable[str]) -> list[Message]:

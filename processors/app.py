@@ -15,6 +15,7 @@ two leaves state that the re-delivered message recognises (docs/architecture.md,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -32,15 +33,16 @@ from processors.aggregates import (
     update_messages,
 )
 from processors.anomalies import RevenueBaseline, anomaly_message
-from processors.chunks import clean_chunk, decode_validated
+from processors.chunks import CleanedChunk, clean_chunk, decode_validated
 from processors.dedupe import accept, classify, expire
+from processors.faust_app import App
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
 from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher, Message
 from tillstream import metrics
 from tillstream.kafka_security import faust_credentials
 from tillstream.records import SCHEMA_HEADERS, RawChunk
-from tillstream.settings import Settings
+from tillstream.settings import CleaningRules, Settings
 from tillstream.topics import Topics
 
 __all__ = ["WorkerTables", "build_app"]
@@ -64,7 +66,7 @@ def build_app(
     settings: Settings, bootstrap_servers: str, topics: Topics, publisher: KafkaPublisher
 ) -> tuple[faust.App, WorkerTables]:
     partitions = settings.kafka.partitions
-    app = faust.App(
+    app = App(
         f"{settings.kafka.group_prefix}-worker",
         broker=[f"kafka://{server}" for server in bootstrap_servers.split(",")],
         store="memory://",
@@ -110,11 +112,14 @@ def build_app(
     async def clean(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             started = time.perf_counter()
-            chunk = RawChunk.from_json(value)
-            now = datetime.now(UTC)
-            cleaned = clean_chunk(chunk, rules, partitions, now)
+            cleaned = await asyncio.to_thread(_clean, value, rules, partitions)
             await publish_cleaned(
-                publisher, topics.dlq.name, topics.validated.name, cleaned, SCHEMA_HEADERS, now
+                publisher,
+                topics.dlq.name,
+                topics.validated.name,
+                cleaned,
+                SCHEMA_HEADERS,
+                datetime.now(UTC),
             )
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
@@ -130,8 +135,8 @@ def build_app(
             partition, offset = event.message.partition, event.message.offset
             now = datetime.now(UTC)
             source, sales = decode_validated(event.value)
-            sorted_out = classify(source, sales, seen, now)
-            marker = Marker.load(aggregates, partition)
+            sorted_out = classify(source, sales, seen.entries, now)
+            marker = Marker.load(aggregates.entries, partition)
             first_time = offset > marker.offset
             facts = facts_from_clean(sale.clean_json for sale in sorted_out.new)
             sold_at = facts["sold_at_ms"].to_numpy()
@@ -140,30 +145,25 @@ def build_app(
                 marker.watermark_ms if first_time else marker.watermark_before_ms,
                 lateness_ms,
             )
-            clean = [*sorted_out.clean, *accept(source, sorted_out.new, masks.tolist(), seen, now)]
+            accepted, entries = accept(source, sorted_out.new, masks.tolist(), seen.entries, now)
+            seen.record(entries)
             updates: list[Message] = []
             anomalies: list[Message] = []
             if first_time and len(facts):
-                changed = fold(aggregates, partition, facts, masks)
+                changed = fold(aggregates.entries, partition, facts, masks)
                 watermark = max(marker.watermark_ms, int(sold_at.max()))
-                Marker(offset, marker.watermark_ms, watermark).store(aggregates, partition)
-                updates = update_messages(aggregates, changed)
+                Marker(offset, marker.watermark_ms, watermark).store(aggregates.entries, partition)
+                aggregates.record(
+                    (key, aggregates.entries[key]) for key in [*changed, Marker.key(partition)]
+                )
+                updates = update_messages(aggregates.entries, changed)
                 anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
                 for bit, window in enumerate(WINDOWS):
                     metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
             if time.monotonic() - expired_at.get(partition, 0.0) >= _EXPIRY_INTERVAL_SECONDS:
                 expired_at[partition] = time.monotonic()
-                metrics.WORKER_EXPIRED.labels("aggregates").inc(
-                    evict_closed(
-                        aggregates,
-                        partition,
-                        Marker.load(aggregates, partition).watermark_ms,
-                        lateness_ms,
-                    )
-                )
-                metrics.WORKER_EXPIRED.labels("seen").inc(
-                    expire(seen, partition, partitions, int(now.timestamp()) - retention_seconds)
-                )
+                forget(partition, int(now.timestamp()) - retention_seconds)
+            clean = [*sorted_out.clean, *accepted]
             await publisher.publish(topics.clean.name, clean, SCHEMA_HEADERS)
             await publish_fitting(
                 publisher,
@@ -175,8 +175,12 @@ def build_app(
             await publisher.publish(topics.duplicates.name, sorted_out.duplicates, SCHEMA_HEADERS)
             await publisher.publish(topics.aggregates.name, updates, SCHEMA_HEADERS)
             await publisher.publish(topics.anomalies.name, anomalies, SCHEMA_HEADERS)
-            await publisher.publish(aggregates.changelog_topic_name, aggregates.take_changelog())
-            await publisher.publish(seen.changelog_topic_name, seen.take_changelog())
+            await publisher.publish(
+                aggregates.changelog_topic_name, aggregates.take_changelog(), compressed=True
+            )
+            await publisher.publish(
+                seen.changelog_topic_name, seen.take_changelog(), compressed=True
+            )
             metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(clean))
             metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(sorted_out.dead_letters))
             metrics.WORKER_REJECTS.labels("conflicting_duplicate").inc(len(sorted_out.dead_letters))
@@ -185,4 +189,20 @@ def build_app(
             metrics.WORKER_ANOMALIES.inc(len(anomalies))
             metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
 
+    def forget(partition: int, seen_before: int) -> None:
+        """Drop a partition's closed windows and its orders past retention, and record it."""
+        watermark = Marker.load(aggregates.entries, partition).watermark_ms
+        closed = evict_closed(aggregates.entries, partition, watermark, lateness_ms)
+        aggregates.record((key, None) for key in closed)
+        expired = expire(seen.entries, partition, partitions, seen_before)
+        seen.record((order_id, None) for order_id in expired)
+        metrics.WORKER_EXPIRED.labels("aggregates").inc(len(closed))
+        metrics.WORKER_EXPIRED.labels("seen").inc(len(expired))
+
     return app, WorkerTables(seen, aggregates)
+
+
+def _clean(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
+    """Decoding and cleaning a chunk, run off the event loop: much of Arrow's and pandas'
+    work releases the GIL, and the loop meanwhile serves dedupe, the sink and Kafka."""
+    return clean_chunk(RawChunk.from_json(value), rules, partitions, datetime.now(UTC))

@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from processors.cleaning import CLEAN_COLUMNS, clean_rows
-from producers.publisher import Message, partition_for
+from producers.publisher import Message, partitions_for
 from tillstream.records import (
     SCHEMA_VERSION,
     QuarantineStatus,
@@ -50,9 +50,10 @@ FINGERPRINT_COLUMNS = [name for name in CLEAN_COLUMNS if name != "revenue_cents"
 provenance is not part of it)."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class ValidatedSale:
-    """A clean row on its way to dedupe: its identity, its message, and the row as received."""
+    """A clean row on its way to dedupe: its identity, its message, and the row as received.
+    Not frozen, as one is made per row (see `Message`)."""
 
     order_id: str
     fingerprint: str
@@ -87,18 +88,23 @@ def isoformat_ms(epoch_ms: int) -> str:
     return isoformat(_EPOCH + timedelta(milliseconds=epoch_ms))
 
 
-def _decimal_text(units: pd.Series, scale: int) -> pd.Series:
+def _decimal_text(units: pd.Series, scale: int) -> pa.Array:
     """Exact decimal strings from integers in 1/10**scale units (cents -> '12.34')."""
+    values = units.to_numpy(dtype=np.int64)
     divisor = 10**scale
-    whole = (units // divisor).astype(str)
-    fraction = (units % divisor).astype(str).str.zfill(scale)
-    return whole + "." + fraction
+    whole = pc.cast(pa.array(values // divisor), pa.string())
+    padded = pc.cast(pa.array(values % divisor + divisor), pa.string())
+    return pc.binary_join_element_wise(whole, pc.utf8_slice_codeunits(padded, 1), ".")
 
 
-def _iso_milliseconds(moments: pd.Series) -> pd.Series:
-    """The same ISO 8601 form as `isoformat`, column-wise."""
-    millis = (moments.dt.microsecond // 1000).astype(str).str.zfill(3)
-    return moments.dt.strftime("%Y-%m-%dT%H:%M:%S.") + millis + "Z"
+def _iso_milliseconds(moments: pd.Series) -> pa.Array:
+    """The same ISO 8601 form as `isoformat`, column-wise. Sales repeat their dates, and
+    Arrow's strftime costs a microsecond a value, so each distinct moment is formatted once
+    (Arrow prints a millisecond timestamp's seconds with their fraction)."""
+    nanoseconds = moments.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").view("i8")
+    codes, distinct = pd.factorize(nanoseconds // 1_000_000)
+    texts = pc.strftime(pa.array(distinct, pa.timestamp("ms")), format="%Y-%m-%dT%H:%M:%S")
+    return pc.binary_join_element_wise(texts.take(pa.array(codes)), "Z", "")
 
 
 def _unique_columns(columns: list[str]) -> list[str]:
@@ -122,70 +128,118 @@ def _unique_columns(columns: list[str]) -> list[str]:
 def dead_letter(
     source: SourceRef,
     line: int,
-    original: dict[str, Any] | str,
+    original_json: str,
     reasons: list[str],
     messages: dict[str, str],
     now: datetime,
     extra: dict[str, Any] | None = None,
     status: QuarantineStatus = QuarantineStatus.QUARANTINED,
 ) -> Message:
-    """A `sales.dlq` message: the contract is docs/topics.md."""
+    """A `sales.dlq` message: the contract is docs/topics.md.
+
+    `original_json` is the row as received, already JSON (an object, or a string for an
+    unparseable record): it is spliced in as it is rather than decoded and encoded again.
+    """
     letter_id = dead_letter_id(source.id, line)
     stamp = isoformat(now)
-    value = {
-        "schema_version": SCHEMA_VERSION,
-        "id": letter_id,
-        "reasons": sorted(reasons),
-        "messages": messages,
-        "original": original,
-        "source": source.name,
-        "source_kind": source.kind,
-        "source_id": source.id,
-        "line": line,
-        "status": str(status),
-        "first_seen": stamp,
-        "last_seen": stamp,
-        **(extra or {}),
-    }
-    return Message(key=letter_id.encode(), value=encode(value))
+    head = encode(
+        {
+            "schema_version": SCHEMA_VERSION,
+            "id": letter_id,
+            "reasons": sorted(reasons),
+            "messages": messages,
+        }
+    )
+    tail = encode(
+        {
+            "source": source.name,
+            "source_kind": source.kind,
+            "source_id": source.id,
+            "line": line,
+            "status": str(status),
+            "first_seen": stamp,
+            "last_seen": stamp,
+            **(extra or {}),
+        }
+    )
+    value = b"".join([head[:-1], b',"original":', original_json.encode(), b",", tail[1:]])
+    return Message(key=letter_id.encode(), value=value)
+
+
+def _quoted(text: pa.Array) -> pa.Array:
+    """JSON literals of text that needs no escaping (digits, dates)."""
+    return pc.binary_join_element_wise('"', text, '"', "")
 
 
 def _json_strings(values: pd.Series | str) -> pa.Array | pa.Scalar:
-    """JSON string literals of a text column (each distinct value encoded once)."""
+    """JSON string literals of a text column, `null` where a value is missing: what
+    json.dumps(ensure_ascii=False) writes. That escapes only quotes, backslashes and
+    control characters; a column with a control character (rare) goes through the json
+    module itself, the others through Arrow kernels, skipped when nothing needs escaping."""
     if isinstance(values, str):
         return pa.scalar(encode_basestring(values))
-    codes, uniques = pd.factorize(values, sort=False)
-    literals = np.array([encode_basestring(str(value)) for value in uniques], dtype=object)
-    return pa.array(literals[codes], pa.string())
+    text = pa.array(values, pa.string(), from_pandas=True)
+    if isinstance(text, pa.ChunkedArray):
+        text = text.combine_chunks()
+    data = np.frombuffer(text.buffers()[2] or b"", dtype=np.uint8)
+    if (data < 0x20).any():
+        literals = pa.array(
+            [None if value is None else encode_basestring(value) for value in text.to_pylist()],
+            pa.string(),
+        )
+    else:
+        if ((data == ord('"')) | (data == ord("\\"))).any():
+            text = pc.replace_substring(pc.replace_substring(text, "\\", "\\\\"), '"', '\\"')
+        literals = _quoted(text)
+    return pc.fill_null(literals, "null") if literals.null_count else literals
 
 
 def _json_numbers(values: pd.Series | pd.Index) -> pa.Array:
     return pa.array(np.asarray(values, dtype=np.int64).astype(str), pa.string())
 
 
-def _clean_messages(
-    clean: pd.DataFrame, fingerprints: pd.Series, chunk: RawChunk, now: datetime
-) -> list[str]:
-    """The `sales.clean` values, built column by column rather than row by row.
+def _json_objects(fields: list[tuple[str, pa.Array | pa.Scalar]], rows: int) -> pa.Array:
+    """One JSON object per row from JSON-encoded columns, in the fields' order: the text
+    json.dumps would write, without a dict per row."""
+    if rows == 0:
+        return pa.array([], pa.string())
+    parts: list[pa.Array | pa.Scalar] = []
+    for position, (name, value) in enumerate(fields):
+        parts.append(pa.scalar(("{" if position == 0 else ",") + encode_basestring(name) + ":"))
+        parts.append(value)
+    parts.append(pa.scalar("}"))
+    return pc.binary_join_element_wise(*parts, "")
 
-    Field order follows CLEAN_FIELDS; strings go through the json module's own
-    escaping, so the text is what json.dumps would write, without a dict per row.
-    """
+
+def _fingerprints(clean: pd.DataFrame) -> np.ndarray[Any, np.dtype[np.str_]]:
+    """16 hex digits per row, hashing the content that makes two deliveries the same sale."""
+    hashes = pd.util.hash_pandas_object(clean[FINGERPRINT_COLUMNS], index=False).to_numpy()
+    digits = hashes.astype(">u8").tobytes().hex().encode()
+    return np.frombuffer(digits, dtype="S16").astype(str)
+
+
+def _clean_messages(
+    clean: pd.DataFrame,
+    fingerprints: np.ndarray[Any, np.dtype[np.str_]],
+    chunk: RawChunk,
+    now: datetime,
+) -> pa.Array:
+    """The `sales.clean` values, built column by column; field order follows CLEAN_FIELDS."""
     source = chunk.source
     seen_at = isoformat(datetime.fromtimestamp(chunk.seen_at, now.tzinfo))
-    fields: dict[str, pa.Array | pa.Scalar] = {
+    fields = {
         "schema_version": pa.scalar(str(SCHEMA_VERSION)),
         "order_id": _json_strings(clean["order_id"]),
-        "fingerprint": _json_strings(fingerprints),
-        "sold_at": _json_strings(_iso_milliseconds(clean["sold_at"])),
+        "fingerprint": _quoted(pa.array(fingerprints)),
+        "sold_at": _quoted(_iso_milliseconds(clean["sold_at"])),
         "product": _json_strings(clean["product"]),
         "category": _json_strings(clean["category"]),
         "region": _json_strings(clean["region"]),
         "store_id": _json_strings(clean["store_id"]),
         "quantity": _json_numbers(clean["quantity"]),
-        "unit_price": _json_strings(_decimal_text(clean["unit_price_cents"], 2)),
-        "discount": _json_strings(_decimal_text(clean["discount_ppm"], 6)),
-        "revenue": _json_strings(_decimal_text(clean["revenue_cents"], 2)),
+        "unit_price": _quoted(_decimal_text(clean["unit_price_cents"], 2)),
+        "discount": _quoted(_decimal_text(clean["discount_ppm"], 6)),
+        "revenue": _quoted(_decimal_text(clean["revenue_cents"], 2)),
         "currency": _json_strings(clean["currency"]),
         "customer_email": _json_strings(clean["customer_email"]),
         "source": _json_strings(source.name),
@@ -195,38 +249,28 @@ def _clean_messages(
         "seen_at": _json_strings(seen_at),
         "ingested_at": _json_strings(isoformat(now)),
     }
-    parts: list[pa.Array | pa.Scalar] = []
-    for position, (name, value) in enumerate(fields.items()):
-        parts.append(pa.scalar(("{" if position == 0 else ",") + f'"{name}":'))
-        parts.append(value)
-    parts.append(pa.scalar("}"))
-    if clean.empty:
-        return []
-    joined = pc.binary_join_element_wise(*parts, "")
-    return joined.to_pylist()  # type: ignore[no-any-return]
+    return _json_objects(list(fields.items()), len(clean))
 
 
 def clean_chunk(
     chunk: RawChunk, rules: CleaningRules, partitions: int, now: datetime
 ) -> CleanedChunk:
+    """Column-wise from end to end: per row, only the dead letters are built one by one."""
     columns = _unique_columns(chunk.columns)
     frame = pd.DataFrame(chunk.rows, columns=columns, index=chunk.lines, dtype=object)
+    originals = _json_objects(
+        [(name, _json_strings(frame.iloc[:, i])) for i, name in enumerate(columns)], len(frame)
+    ).to_numpy(zero_copy_only=False)
     result = clean_rows(frame, rules)
-    originals = dict(zip(chunk.lines, chunk.rows, strict=True))
+    rejected = result.rejected
 
     dead_letters = [
-        dead_letter(
-            chunk.source,
-            line,
-            dict(zip(columns, originals[line], strict=True)),
-            list(reasons),
-            dict(messages),
-            now,
-        )
-        for line, reasons, messages in zip(
-            result.rejected.index,
-            result.rejected["reasons"],
-            result.rejected["messages"],
+        dead_letter(chunk.source, line, original, list(reasons), dict(messages), now)
+        for line, original, reasons, messages in zip(
+            rejected.index,
+            originals[frame.index.get_indexer(rejected.index)],
+            rejected["reasons"],
+            rejected["messages"],
             strict=True,
         )
     ]
@@ -234,7 +278,7 @@ def clean_chunk(
         dead_letter(
             chunk.source,
             line,
-            text,
+            encode_basestring(text),
             [ReasonCode.UNPARSEABLE_ROW],
             {"row": "fields do not match the header"},
             now,
@@ -242,57 +286,73 @@ def clean_chunk(
         for line, text in chunk.unparseable
     )
     rejects_by_reason: dict[str, int] = defaultdict(int)
-    for reasons in result.rejected["reasons"]:
+    for reasons in rejected["reasons"]:
         for reason in reasons:
             rejects_by_reason[reason] += 1
     if chunk.unparseable:
         rejects_by_reason[ReasonCode.UNPARSEABLE_ROW] += len(chunk.unparseable)
 
     clean = result.clean
-    fingerprints = pd.util.hash_pandas_object(clean[FINGERPRINT_COLUMNS], index=False).map(
-        "{:016x}".format
-    )
-    by_partition: dict[int, list[str]] = defaultdict(list)
-    for order_id, fingerprint, line, clean_json in zip(
-        clean["order_id"],
-        fingerprints,
-        clean.index,
-        _clean_messages(clean, fingerprints, chunk, now),
-        strict=True,
-    ):
-        original = encode(dict(zip(columns, originals[line], strict=True))).decode()
-        by_partition[partition_for(order_id.encode(), partitions)].append(
-            f"{encode_basestring(order_id)}\t{fingerprint}\t{line}\t{clean_json}\t{original}"
-        )
+    clean_originals = originals[frame.index.get_indexer(clean.index)]
     released = (
         [
             dead_letter(
                 chunk.source,
                 int(line),
-                dict(zip(columns, originals[line], strict=True)),
+                original,
                 [],
                 {},
                 now,
                 extra={"resolution": chunk.release_resolution or {}},
                 status=QuarantineStatus(chunk.release_status),
             )
-            for line in clean.index
+            for line, original in zip(clean.index, clean_originals, strict=True)
         ]
         if chunk.release_status
         else []
     )
+    return CleanedChunk(
+        dead_letters,
+        released,
+        _validated(clean, clean_originals, chunk, partitions, now),
+        len(clean),
+        dict(rejects_by_reason),
+    )
+
+
+def _validated(
+    clean: pd.DataFrame,
+    originals: np.ndarray[Any, np.dtype[np.object_]],
+    chunk: RawChunk,
+    partitions: int,
+    now: datetime,
+) -> list[Message]:
+    """One `sales.validated` message per partition of the order ids: a JSON header line,
+    then a line of tab-separated fields per sale, in chunk order."""
+    if clean.empty:
+        return []
+    fingerprints = _fingerprints(clean)
+    sales = pc.binary_join_element_wise(
+        _json_strings(clean["order_id"]),
+        pa.array(fingerprints),
+        _json_numbers(clean.index),
+        _clean_messages(clean, fingerprints, chunk, now),
+        pa.array(originals, pa.string()),
+        "\t",
+    ).to_numpy(zero_copy_only=False)
+    order_ids = pc.cast(pa.array(clean["order_id"]), pa.binary()).to_pylist()
+    owners = partitions_for(order_ids, partitions)
     header = encode(
         {"source": {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}}
-    )
-    validated = [
+    ).decode()
+    return [
         Message(
             key=f"{chunk.source.id}:{chunk.seq}:{partition}".encode(),
-            value=b"\n".join([header, *(sale.encode() for sale in sales)]),
-            partition=partition,
+            value="\n".join([header, *sales[owners == partition]]).encode(),
+            partition=int(partition),
         )
-        for partition, sales in sorted(by_partition.items())
+        for partition in np.unique(owners)
     ]
-    return CleanedChunk(dead_letters, released, validated, len(clean), dict(rejects_by_reason))
 
 
 def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:
@@ -302,7 +362,7 @@ def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:
     sales = []
     for text in lines:
         order_id, fingerprint, line, clean_json, original_json = text.split("\t", 4)
-        sales.append(
-            ValidatedSale(decode(order_id), fingerprint, int(line), clean_json, original_json)
-        )
+        # A JSON string without escapes is its text in quotes: no need to parse most ids.
+        order_id = decode(order_id) if "\\" in order_id else order_id[1:-1]
+        sales.append(ValidatedSale(order_id, fingerprint, int(line), clean_json, original_json))
     return SourceRef(**decode(header.encode())["source"]), sales

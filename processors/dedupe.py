@@ -19,7 +19,7 @@ from datetime import datetime
 
 from processors.aggregates import mask_windows
 from processors.chunks import ValidatedSale, dead_letter, isoformat
-from producers.publisher import Message, partition_for
+from producers.publisher import Message, partitions_for
 from tillstream.records import SCHEMA_VERSION, ReasonCode, SourceRef, decode, encode
 
 __all__ = ["Classified", "SeenEntry", "accept", "classify", "expire"]
@@ -73,30 +73,31 @@ def accept(
     late_masks: list[int],
     seen: MutableMapping[str, SeenEntry],
     now: datetime,
-) -> list[Message]:
+) -> tuple[list[Message], list[tuple[str, SeenEntry]]]:
     """Remember first deliveries with the windows they were late for; their
-    `sales.clean` messages."""
+    `sales.clean` messages, and the entries added (what the changelog must record)."""
     first_seen = int(now.timestamp())
     messages = []
+    entries: list[tuple[str, SeenEntry]] = []
     for sale, mask in zip(new, late_masks, strict=True):
-        seen[sale.order_id] = [sale.fingerprint, source.id, sale.line, int(mask), first_seen]
+        entry: SeenEntry = [sale.fingerprint, source.id, sale.line, int(mask), first_seen]
+        seen[sale.order_id] = entry
+        entries.append((sale.order_id, entry))
         messages.append(clean_message(sale, int(mask)))
-    return messages
+    return messages, entries
 
 
 def expire(
     seen: MutableMapping[str, SeenEntry], partition: int, partitions: int, before: int
-) -> int:
+) -> list[str]:
     """Forget this partition's orders first seen before `before` (epoch seconds):
-    the dedupe retention window."""
-    expired = [
-        order_id
-        for order_id, entry in list(seen.items())
-        if int(entry[4]) < before and partition_for(order_id.encode(), partitions) == partition
-    ]
+    the dedupe retention window. Returns the order ids forgotten."""
+    old = [order_id for order_id, entry in seen.items() if int(entry[4]) < before]
+    owners = partitions_for([order_id.encode() for order_id in old], partitions)
+    expired = [order_id for order_id, owner in zip(old, owners, strict=True) if owner == partition]
     for order_id in expired:
         del seen[order_id]
-    return len(expired)
+    return expired
 
 
 def clean_message(sale: ValidatedSale, late_mask: int) -> Message:
@@ -112,7 +113,7 @@ def _conflict(
     return dead_letter(
         source,
         sale.line,
-        decode(sale.original_json.encode()),
+        sale.original_json,
         [ReasonCode.CONFLICTING_DUPLICATE],
         {
             "order_id": f"order {sale.order_id!r} was first received with other "

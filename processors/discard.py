@@ -7,7 +7,6 @@ the latest message for an id wins, in the table and for any consumer.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -26,7 +25,7 @@ def discard_message(letter: dict[str, Any], by: str, why: str, now: datetime) ->
     return dead_letter(
         SourceRef(letter["source_kind"], letter["source_id"], letter["source"]),
         int(letter["line"]),
-        json.loads(letter["original"]),
+        letter["original"],
         list(letter["reasons"]),
         dict(letter["messages"]),
         now,

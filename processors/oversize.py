@@ -10,6 +10,7 @@ becomes a `message_too_large` dead letter, so its row is still accounted for.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
@@ -67,6 +68,7 @@ async def publish_fitting(
     messages: list[Message],
     headers: Sequence[Header],
     smaller: Callable[[Message], list[Message]],
+    compressed: bool = False,
 ) -> None:
     """Publish, each message too large replaced by `smaller(message)` and sent in its place.
 
@@ -77,18 +79,18 @@ async def publish_fitting(
     """
     messages = _fitted(messages, headers, smaller)
     try:
-        await publisher.publish(topic, messages, headers)
+        await publisher.publish(topic, messages, headers, compressed=compressed)
         return
     except _TOO_LARGE:
         if len(messages) > 1:
             for message in messages:
-                await publish_fitting(publisher, topic, [message], headers, smaller)
+                await publish_fitting(publisher, topic, [message], headers, smaller, compressed)
             return
         replacements = smaller(messages[0])
         if replacements == messages:
             raise
     log.warning("a message too large for %s is sent as %d smaller", topic, len(replacements))
-    await publish_fitting(publisher, topic, replacements, headers, smaller)
+    await publish_fitting(publisher, topic, replacements, headers, smaller, compressed)
 
 
 def shrink_dead_letter(message: Message) -> list[Message]:
@@ -156,7 +158,7 @@ async def _publish_cleaned(
                 dead_letter(
                     source,
                     sale.line,
-                    sale.original_json[:MAX_ORIGINAL_CHARS],
+                    json.dumps(sale.original_json[:MAX_ORIGINAL_CHARS], ensure_ascii=False),
                     [ReasonCode.MESSAGE_TOO_LARGE],
                     {
                         "row": f"{len(message.value or b'')} bytes once cleaned, more than "
@@ -180,6 +182,6 @@ async def _publish_cleaned(
         headers,
         shrink_dead_letter,
     )
-    await publish_fitting(publisher, validated_topic, cleaned.validated, (), halve)
+    await publish_fitting(publisher, validated_topic, cleaned.validated, (), halve, compressed=True)
     if unsendable:
         await publish_fitting(publisher, dlq_topic, unsendable, headers, shrink_dead_letter)

@@ -194,7 +194,7 @@ class WatchConfig(_Frozen):
     failed: Path = Path("failed")
     stable_seconds: float = Field(0.5, gt=0, le=60)
     """A file is read once its size and mtime have not changed for this long."""
-    chunk_rows: int = Field(2000, ge=1, le=1_000_000)
+    chunk_rows: int = Field(4000, ge=1, le=1_000_000)
     """Rows per message on `sales.raw`."""
     max_in_flight_files: int = Field(4, ge=1, le=64)
     max_decompressed_bytes: int = Field(10 * 2**30, ge=2**20)

@@ -3,11 +3,12 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.chunks import _unique_columns, clean_chunk, decode_validated
+from processors.chunks import _json_strings, _unique_columns, clean_chunk, decode_validated
 from producers.publisher import partition_for
 from tillstream.records import CLEAN_FIELDS, RawChunk, SourceRef, dead_letter_id
 from tillstream.settings import default_rules
@@ -93,6 +94,13 @@ def test_rejected_and_unparseable_rows_become_dead_letters_with_the_row_as_recei
         "unparseable_row": 1,
     }
     assert cleaned.valid_rows == 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.none(), st.text(max_size=12)), max_size=20))
+def test_column_wise_json_strings_equal_the_json_modules(values: list[str | None]) -> None:
+    literals = _json_strings(pd.Series(values, dtype=object))
+    assert literals.to_pylist() == [json.dumps(value, ensure_ascii=False) for value in values]
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,11 @@ class TopicRecorder:
         self.sent: dict[str, list[Message]] = {}
 
     async def publish(
-        self, topic: str, messages: list[Message], headers: Sequence[tuple[str, bytes]] = ()
+        self,
+        topic: str,
+        messages: list[Message],
+        headers: Sequence[tuple[str, bytes]] = (),
+        compressed: bool = False,
     ) -> int:
         self.sent.setdefault(topic, []).extend(messages)
         return len(messages)
@@ -74,7 +78,11 @@ def test_a_dead_letter_too_large_keeps_its_reasons_and_the_start_of_its_row() ->
 
 class Refusing(TopicRecorder):
     async def publish(
-        self, topic: str, messages: list[Message], headers: Sequence[tuple[str, bytes]] = ()
+        self,
+        topic: str,
+        messages: list[Message],
+        headers: Sequence[tuple[str, bytes]] = (),
+        compressed: bool = False,
     ) -> int:
         raise TopicAuthorizationFailedError()
 
