@@ -5,7 +5,7 @@ window of the product's most recent sales in this partition: medians are not
 dragged by the outliers they are meant to find, as means and standard
 deviations are. Each partition sees a hash-chosen share of every product's
 sales, which is a fair sample for a baseline. The baseline lives in memory: after
-a restart it fills again before anything is scored.
+a restart it fills again (from the first message on) before anything is scored.
 """
 
 from __future__ import annotations
@@ -64,30 +64,35 @@ class RevenueBaseline:
         self._windows: dict[str, deque[int]] = {}
 
     def score(self, facts: pd.DataFrame) -> list[Anomaly]:
-        """Score these sales in their order, product by product, then add them to the
-        baselines: a batch is judged against what came before it."""
+        """Add these sales to their products' baselines, then score them against those.
+
+        A message carries hundreds of sales per partition, so the first message after
+        a start would go unscored if judged only against what came before it; medians
+        are robust, so a sale among its own baseline barely moves it.
+        """
         found = []
         for product, sales in facts.groupby("product", sort=False):
             window = self._windows.setdefault(
                 str(product), deque(maxlen=self._config.baseline_size)
             )
             revenue = sales["revenue_cents"].to_numpy()
-            if len(window) >= self._config.min_baseline:
-                scores, median, mad = robust_scores(revenue.astype(float), np.array(window))
-                for position in np.flatnonzero(np.abs(scores) > self._config.threshold):
-                    found.append(
-                        Anomaly(
-                            order_id=str(sales["order_id"].iat[position]),
-                            product=str(product),
-                            sold_at_ms=int(sales["sold_at_ms"].iat[position]),
-                            revenue_cents=int(revenue[position]),
-                            score=float(scores[position]),
-                            baseline_median_cents=median,
-                            baseline_mad_cents=mad,
-                            baseline_size=len(window),
-                        )
-                    )
             window.extend(int(value) for value in revenue)
+            if len(window) < self._config.min_baseline:
+                continue
+            scores, median, mad = robust_scores(revenue.astype(float), np.array(window))
+            for position in np.flatnonzero(np.abs(scores) > self._config.threshold):
+                found.append(
+                    Anomaly(
+                        order_id=str(sales["order_id"].iat[position]),
+                        product=str(product),
+                        sold_at_ms=int(sales["sold_at_ms"].iat[position]),
+                        revenue_cents=int(revenue[position]),
+                        score=float(scores[position]),
+                        baseline_median_cents=median,
+                        baseline_mad_cents=mad,
+                        baseline_size=len(window),
+                    )
+                )
         return found
 
 

@@ -46,12 +46,21 @@ def test_the_score_does_not_depend_on_scale_or_shift(baseline: list[int], value:
 def test_products_are_scored_only_against_their_own_recent_sales() -> None:
     baseline = RevenueBaseline(AnomaliesConfig(threshold=3.5, baseline_size=100, min_baseline=30))
     normal = [1000 + (n % 7) * 10 for n in range(40)]
-    assert baseline.score(sales("cheap", normal)) == [], "nothing is scored before 30 sales"
+    assert baseline.score(sales("cheap", normal[:29])) == [], "nothing is scored before 30 sales"
+    assert baseline.score(sales("cheap", normal[29:])) == []
     assert baseline.score(sales("dear", [100 * r for r in normal])) == []
     found = baseline.score(
         pd.concat([sales("cheap", [1020, 90_000], 40), sales("dear", [102_000], 40)])
     )
     assert [(a.order_id, a.product) for a in found] == [("cheap-41", "cheap")]
     [anomaly] = found
-    assert anomaly.baseline_size == 40 and anomaly.baseline_median_cents == 1030
+    assert anomaly.baseline_size == 42 and anomaly.baseline_median_cents == 1030
     assert anomaly.score > 3.5
+
+
+def test_the_first_message_is_scored_against_itself_once_it_is_large_enough() -> None:
+    baseline = RevenueBaseline(AnomaliesConfig(threshold=3.5, baseline_size=500, min_baseline=30))
+    revenues = [1000 + (n % 5) * 100 for n in range(200)]
+    revenues[7] = revenues[150] = 40_000
+    found = baseline.score(sales("lamp", revenues))
+    assert sorted(a.order_id for a in found) == ["lamp-150", "lamp-7"]
