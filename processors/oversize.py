@@ -14,6 +14,7 @@ import json
 import logging
 from collections.abc import Callable, Sequence
 from datetime import datetime
+from functools import partial
 
 from aiokafka.errors import (
     KafkaError,
@@ -126,8 +127,25 @@ async def publish_cleaned(
     stopped: its rows stay unaccounted, so its file stays `processing` in the inbox
     and is read again when the watcher next starts.
     """
+    unsendable: list[Message] = []
     try:
-        await _publish_cleaned(publisher, dlq_topic, validated_topic, cleaned, headers, now)
+        await publish_fitting(
+            publisher,
+            dlq_topic,
+            [*cleaned.dead_letters, *cleaned.released],
+            headers,
+            shrink_dead_letter,
+        )
+        await publish_fitting(
+            publisher,
+            validated_topic,
+            cleaned.validated,
+            (),
+            partial(_halve_validated, unsendable, now),
+            compressed=True,
+        )
+        if unsendable:
+            await publish_fitting(publisher, dlq_topic, unsendable, headers, shrink_dead_letter)
     except KafkaError as exc:
         log.error(
             "cleaned chunk not published to %s/%s (%s: %s); its file is read again at the "
@@ -139,49 +157,30 @@ async def publish_cleaned(
         )
 
 
-async def _publish_cleaned(
-    publisher: KafkaPublisher,
-    dlq_topic: str,
-    validated_topic: str,
-    cleaned: CleanedChunk,
-    headers: Sequence[Header],
-    now: datetime,
-) -> None:
-    unsendable: list[Message] = []
-
-    def halve(message: Message) -> list[Message]:
-        source, sales = decode_validated(message.value or b"")
-        header = (message.value or b"").split(b"\n", 1)[0]
-        if len(sales) == 1:
-            [sale] = sales
-            unsendable.append(
-                dead_letter(
-                    source,
-                    sale.line,
-                    json.dumps(sale.original_json[:MAX_ORIGINAL_CHARS], ensure_ascii=False),
-                    [ReasonCode.MESSAGE_TOO_LARGE],
-                    {
-                        "row": f"{len(message.value or b'')} bytes once cleaned, more than "
-                        f"the broker takes; original cut to {MAX_ORIGINAL_CHARS} characters"
-                    },
-                    now,
-                )
+def _halve_validated(unsendable: list[Message], now: datetime, message: Message) -> list[Message]:
+    """A validated message as two, by its sales; a single sale too large to send becomes
+    a `message_too_large` dead letter, added to `unsendable`."""
+    value = message.value or b""
+    source, sales = decode_validated(value)
+    if len(sales) == 1:
+        [sale] = sales
+        unsendable.append(
+            dead_letter(
+                source,
+                sale.line,
+                json.dumps(sale.original_json[:MAX_ORIGINAL_CHARS], ensure_ascii=False),
+                [ReasonCode.MESSAGE_TOO_LARGE],
+                {
+                    "row": f"{len(value)} bytes once cleaned, more than the broker takes; "
+                    f"original cut to {MAX_ORIGINAL_CHARS} characters"
+                },
+                now,
             )
-            return []
-        lines = (message.value or b"").split(b"\n")[1:]
-        middle = len(lines) // 2
-        return [
-            Message(message.key + suffix, b"\n".join([header, *part]), message.partition)
-            for suffix, part in ((b"a", lines[:middle]), (b"b", lines[middle:]))
-        ]
-
-    await publish_fitting(
-        publisher,
-        dlq_topic,
-        [*cleaned.dead_letters, *cleaned.released],
-        headers,
-        shrink_dead_letter,
-    )
-    await publish_fitting(publisher, validated_topic, cleaned.validated, (), halve, compressed=True)
-    if unsendable:
-        await publish_fitting(publisher, dlq_topic, unsendable, headers, shrink_dead_letter)
+        )
+        return []
+    header, *lines = value.split(b"\n")
+    middle = len(lines) // 2
+    return [
+        Message(message.key + suffix, b"\n".join([header, *part]), message.partition)
+        for suffix, part in ((b"a", lines[:middle]), (b"b", lines[middle:]))
+    ]
