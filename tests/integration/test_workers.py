@@ -21,8 +21,8 @@ CLEANED = "tillstream_worker_rows_total"
     strict=False,
     reason="Faust skipped input records after a table recovery (a worker joining or "
     "leaving); processors/faust_app.py now keeps input partitions paused until the seek "
-    "and rewinds uncommitted ones, after which this passed in 7 of 8 runs on Apache "
-    "Kafka; the one failure was not captured. Open in issue 3.",
+    "and rewinds uncommitted ones; since then, 1 of 6 runs of this module with "
+    "test_restarts.py on Apache Kafka had a failure, not captured. Open in issue 3.",
 )
 def test_a_second_worker_shares_the_work_and_its_sigkill_loses_nothing(
     pipeline: Pipeline, tmp_path: Path, kafka_bootstrap: str
