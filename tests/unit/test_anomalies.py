@@ -46,8 +46,9 @@ def test_the_score_does_not_depend_on_scale_or_shift(baseline: list[int], value:
 def test_products_are_scored_only_against_their_own_recent_sales() -> None:
     baseline = RevenueBaseline(AnomaliesConfig(threshold=3.5, baseline_size=100, min_baseline=30))
     normal = [1000 + (n % 7) * 10 for n in range(40)]
-    assert baseline.score(sales("cheap", normal[:29])) == [], "nothing is scored before 30 sales"
-    assert baseline.score(sales("cheap", normal[29:])) == []
+    unscored = [*normal[:28], 90_000]
+    assert baseline.score(sales("cheap", unscored)) == [], "nothing is scored before 30 sales"
+    assert baseline.score(sales("cheap", normal[29:], 29)) == []
     assert baseline.score(sales("dear", [100 * r for r in normal])) == []
     found = baseline.score(
         pd.concat([sales("cheap", [1020, 90_000], 40), sales("dear", [102_000], 40)])
