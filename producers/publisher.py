@@ -107,7 +107,7 @@ class KafkaPublisher:
                 max_batch_size=2**20,
                 linger_ms=0,
             )
-            for compression in (None, "lz4")
+            for compression in (None, "zstd")
         )
         self._partitions: dict[str, int] = {}
 
@@ -134,9 +134,11 @@ class KafkaPublisher:
     ) -> int:
         """Send every message; return how many, once all are acknowledged.
 
-        `compressed` sends LZ4 batches: for internal topics, where it takes a quarter of
-        the broker's memory (the embedded broker keeps every byte) for about 2 µs per
-        message. Public topics stay uncompressed, so a consumer needs no codec library.
+        `compressed` sends zstd batches: for internal topics, which carry most of the
+        bytes (the embedded broker keeps every byte). Zstd, not LZ4: aiokafka fixes LZ4
+        at level 9, which compressed these messages 4.7x slower than zstd does at its
+        level 3, and less tightly. Public topics stay uncompressed, so a consumer needs
+        no codec library.
 
         While the broker is unreachable or busy this keeps trying, with capped
         backoff: the caller waits, which is the backpressure, and nothing it was
