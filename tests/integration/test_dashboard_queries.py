@@ -17,7 +17,7 @@ from dashboards.model import Dashboard, Variable, load_dashboards
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_independent]
 
 QUOTED_PRODUCT = "Chef's Knife"
 EXTRA_ROWS = (

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_independent]
 
 
 def end_offsets(bootstrap_servers: str) -> dict[str, int]:

@@ -44,7 +44,7 @@ from tests.pipeline import Pipeline
 from tillstream.http_api import api_file
 from tillstream.sample_data import GroundTruth, generate_sales
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_independent]
 
 DAC_CAPS = "dac_override,dac_read_search"
 HUGE_LINE_SECONDS = 30.0

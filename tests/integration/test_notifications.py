@@ -18,7 +18,7 @@ from tests.pipeline import Pipeline
 from tillstream.broker import free_port
 from tillstream.sample_data import generate_sales
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_independent]
 
 
 class Inbox:

@@ -18,7 +18,7 @@ from dashboards.report import PALETTE
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.broker_independent]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHART_TYPES = {"timeseries", "barchart", "piechart"}
