@@ -148,32 +148,35 @@ def fold(
 ) -> list[str]:
     """Add these sales to the open windows they are on time for; return the state
     keys that changed. One groupby over every (window, dimension) pair at once."""
-    parts = []
+    columns = {name: facts[name].to_numpy() for name in facts.columns}
+    parts: list[dict[str, np.ndarray]] = []
     for bit, window in enumerate(WINDOWS):
-        on_time = facts[(masks >> bit & 1) == 0]
-        if on_time.empty:
+        on_time = (masks >> bit & 1) == 0
+        count = int(on_time.sum())
+        if not count:
             continue
-        start, end = window_bounds(on_time["sold_at_ms"].to_numpy(), window)
+        sales = {name: values[on_time] for name, values in columns.items()}
+        start, end = window_bounds(sales["sold_at_ms"], window)
         for dimension, column in DIMENSIONS.items():
             parts.append(
-                pd.DataFrame(
-                    {
-                        "window": window,
-                        "start": start,
-                        "end": end,
-                        "dimension": dimension,
-                        "key": "" if column is None else on_time[column].to_numpy(),
-                        "revenue_cents": on_time["revenue_cents"].to_numpy(),
-                        "units": on_time["quantity"].to_numpy(),
-                        "orders": 1,
-                        "discount_ppm": on_time["discount_ppm"].to_numpy(),
-                    }
-                )
+                {
+                    "window": np.full(count, window, dtype=object),
+                    "start": start,
+                    "end": end,
+                    "dimension": np.full(count, dimension, dtype=object),
+                    "key": np.full(count, "", dtype=object) if column is None else sales[column],
+                    "revenue_cents": sales["revenue_cents"],
+                    "units": sales["quantity"],
+                    "orders": np.ones(count, dtype=np.int64),
+                    "discount_ppm": sales["discount_ppm"],
+                }
             )
     if not parts:
         return []
+    # One frame for every (window, dimension) pair: a frame per pair cost more than
+    # the grouping itself.
     sums = (
-        pd.concat(parts, ignore_index=True)
+        pd.DataFrame({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
         .groupby(["window", "start", "end", "dimension", "key"], sort=False)
         .sum()
     )

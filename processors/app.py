@@ -49,9 +49,13 @@ __all__ = ["WorkerTables", "build_app"]
 
 log = logging.getLogger(__name__)
 
-_EXPIRY_INTERVAL_SECONDS = 10.0
-"""How often a partition's closed windows and expired orders are looked for: it scans
-the state, so not after every message."""
+_EVICTION_INTERVAL_SECONDS = 10.0
+"""How often a partition's closed windows are looked for: it scans the aggregates, so
+not after every message."""
+_EXPIRY_INTERVAL_SECONDS = 600.0
+"""How often a partition's orders past retention are looked for. Orders are kept for
+days, and the scan reads every order remembered (it took 3% of a 1M-row ingestion at
+every 10 s)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +110,7 @@ def build_app(
     lateness_ms = settings.worker.allowed_lateness_seconds * 1000
     retention_seconds = settings.worker.dedupe_retention_days * 86_400
     baseline = RevenueBaseline(settings.anomalies)
+    evicted_at: dict[int, float] = {}
     expired_at: dict[int, float] = {}
 
     @app.agent(raw_topic, name="clean")
@@ -160,6 +165,9 @@ def build_app(
                 anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
                 for bit, window in enumerate(WINDOWS):
                     metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
+            if time.monotonic() - evicted_at.get(partition, 0.0) >= _EVICTION_INTERVAL_SECONDS:
+                evicted_at[partition] = time.monotonic()
+                evict(partition)
             if time.monotonic() - expired_at.get(partition, 0.0) >= _EXPIRY_INTERVAL_SECONDS:
                 expired_at[partition] = time.monotonic()
                 forget(partition, int(now.timestamp()) - retention_seconds)
@@ -189,14 +197,17 @@ def build_app(
             metrics.WORKER_ANOMALIES.inc(len(anomalies))
             metrics.WORKER_CHUNK_SECONDS.labels("dedupe").observe(time.perf_counter() - started)
 
-    def forget(partition: int, seen_before: int) -> None:
-        """Drop a partition's closed windows and its orders past retention, and record it."""
+    def evict(partition: int) -> None:
+        """Drop a partition's closed windows, and record it."""
         watermark = Marker.load(aggregates.entries, partition).watermark_ms
         closed = evict_closed(aggregates.entries, partition, watermark, lateness_ms)
         aggregates.record((key, None) for key in closed)
+        metrics.WORKER_EXPIRED.labels("aggregates").inc(len(closed))
+
+    def forget(partition: int, seen_before: int) -> None:
+        """Drop a partition's orders past retention, and record it."""
         expired = expire(seen.entries, partition, partitions, seen_before)
         seen.record((order_id, None) for order_id in expired)
-        metrics.WORKER_EXPIRED.labels("aggregates").inc(len(closed))
         metrics.WORKER_EXPIRED.labels("seen").inc(len(expired))
 
     return app, WorkerTables(seen, aggregates)

@@ -13,6 +13,7 @@ and is quarantined.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -102,9 +103,14 @@ def expire(
 
 def clean_message(sale: ValidatedSale, late_mask: int) -> Message:
     """The `sales.clean` message: the cleaned row plus the windows it was late for."""
-    late = encode(mask_windows(late_mask)).decode()
-    value = f'{sale.clean_json[:-1]},"late_windows":{late}}}'
+    value = f'{sale.clean_json[:-1]},"late_windows":{_late_windows_json(late_mask)}}}'
     return Message(sale.order_id.encode(), value.encode())
+
+
+@functools.cache
+def _late_windows_json(mask: int) -> str:
+    """A few masks for millions of rows: each one's JSON is made once."""
+    return encode(mask_windows(mask)).decode()
 
 
 def _conflict(
