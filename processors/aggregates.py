@@ -179,27 +179,30 @@ def fold(
         pd.DataFrame({name: np.concatenate([part[name] for part in parts]) for name in parts[0]})
         .groupby(["window", "start", "end", "dimension", "key"], sort=False)
         .sum()
+        .reset_index()
     )
     version = time.time_ns()
     changed = []
-    for (window, start, end, dimension, key), revenue, units, orders, discount in zip(
-        sums.index,
-        sums["revenue_cents"],
-        sums["units"],
-        sums["orders"],
-        sums["discount_ppm"],
-        strict=True,
+    # Plain lists: iterating the frame's index and columns made numpy scalars, and the
+    # loop runs once per group (a few per row, for minute windows).
+    columns = [sums[name].tolist() for name in sums.columns]
+    for window, start, end, dimension, key, revenue, units, orders, discount in zip(
+        *columns, strict=True
     ):
         state_key = f"{partition}|{window}|{start}|{dimension}|{key}"
-        old = state.get(state_key) or [0, 0, 0, 0, 0, int(end)]
-        state[state_key] = [
-            old[0] + int(revenue),
-            old[1] + int(units),
-            old[2] + int(orders),
-            old[3] + int(discount),
-            max(version, old[4] + 1),
-            int(end),
-        ]
+        old = state.get(state_key)
+        state[state_key] = (
+            [revenue, units, orders, discount, version, end]
+            if old is None
+            else [
+                old[0] + revenue,
+                old[1] + units,
+                old[2] + orders,
+                old[3] + discount,
+                max(version, old[4] + 1),
+                end,
+            ]
+        )
         changed.append(state_key)
     return changed
 
