@@ -10,6 +10,7 @@ becomes a `message_too_large` dead letter, so its row is still accounted for.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -120,7 +121,8 @@ async def publish_cleaned(
     headers: Sequence[Header],
     now: datetime,
 ) -> None:
-    """The cleaning stage's output: dead letters first, then the validated sales.
+    """The cleaning stage's output: dead letters and validated sales together (one round
+    trip to the broker), then any validated row too large to send, as a dead letter.
 
     Any other refusal the publisher does not retry (an authorization, a broker
     setting) is logged in one line and the chunk skipped rather than the agent
@@ -129,20 +131,22 @@ async def publish_cleaned(
     """
     unsendable: list[Message] = []
     try:
-        await publish_fitting(
-            publisher,
-            dlq_topic,
-            [*cleaned.dead_letters, *cleaned.released],
-            headers,
-            shrink_dead_letter,
-        )
-        await publish_fitting(
-            publisher,
-            validated_topic,
-            cleaned.validated,
-            (),
-            partial(_halve_validated, unsendable, now),
-            compressed=True,
+        await asyncio.gather(
+            publish_fitting(
+                publisher,
+                dlq_topic,
+                [*cleaned.dead_letters, *cleaned.released],
+                headers,
+                shrink_dead_letter,
+            ),
+            publish_fitting(
+                publisher,
+                validated_topic,
+                cleaned.validated,
+                (),
+                partial(_halve_validated, unsendable, now),
+                compressed=True,
+            ),
         )
         if unsendable:
             await publish_fitting(publisher, dlq_topic, unsendable, headers, shrink_dead_letter)
