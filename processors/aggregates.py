@@ -55,7 +55,8 @@ DIMENSIONS: dict[str, str | None] = {
 MARKER = "marker"
 
 Totals = list[int]
-"""[revenue in cents, units, orders, discount sum in millionths, version, window end in ms]."""
+"""[revenue in cents, units, orders, discount sum in millionths, version, window end in ms,
+the last `sales.validated` offset folded in (-1: none known)]."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,9 +146,16 @@ def fold(
     partition: int,
     facts: pd.DataFrame,
     masks: np.ndarray,
+    offset: int = -1,
 ) -> list[str]:
     """Add these sales to the open windows they are on time for; return the state
-    keys that changed. One groupby over every (window, dimension) pair at once."""
+    keys that changed. One groupby over every (window, dimension) pair at once.
+
+    `offset` is the `sales.validated` offset the sales came from. A key that holds it
+    already is left alone: a crash can make some of a message's changelog durable and
+    not the rest, nor the partition's marker, and the message is then folded again.
+    -1 (a rebuild from ClickHouse, with no offsets) folds into every key.
+    """
     columns = {name: facts[name].to_numpy() for name in facts.columns}
     parts: list[dict[str, np.ndarray]] = []
     for bit, window in enumerate(WINDOWS):
@@ -185,26 +193,33 @@ def fold(
     changed = []
     # Plain lists: iterating the frame's index and columns made numpy scalars, and the
     # loop runs once per group (a few per row, for minute windows).
-    columns = [sums[name].tolist() for name in sums.columns]
+    grouped = [sums[name].tolist() for name in sums.columns]
     for window, start, end, dimension, key, revenue, units, orders, discount in zip(
-        *columns, strict=True
+        *grouped, strict=True
     ):
         state_key = f"{partition}|{window}|{start}|{dimension}|{key}"
         old = state.get(state_key)
-        state[state_key] = (
-            [revenue, units, orders, discount, version, end]
-            if old is None
-            else [
+        if old is None:
+            state[state_key] = [revenue, units, orders, discount, version, end, offset]
+        elif offset < 0 or _folded_offset(old) < offset:
+            state[state_key] = [
                 old[0] + revenue,
                 old[1] + units,
                 old[2] + orders,
                 old[3] + discount,
                 max(version, old[4] + 1),
                 end,
+                offset,
             ]
-        )
+        else:
+            continue
         changed.append(state_key)
     return changed
+
+
+def _folded_offset(totals: Totals) -> int:
+    """Totals written before the offset was kept have none."""
+    return totals[6] if len(totals) > 6 else -1
 
 
 def evict_closed(
@@ -241,7 +256,7 @@ def update_messages(state: MutableMapping[str, list[int]], keys: Iterable[str]) 
     messages = []
     for state_key in keys:
         partition, window, start, dimension, key = state_key.split("|", 4)
-        revenue, units, orders, discount, version, end = state[state_key]
+        revenue, units, orders, discount, version, end = state[state_key][:6]
         value = (
             f'{{"schema_version":{SCHEMA_VERSION},"window":"{window}",'
             f'"window_start":"{iso(int(start))}","window_end":"{iso(end)}",'

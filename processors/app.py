@@ -155,7 +155,7 @@ def build_app(
             updates: list[Message] = []
             anomalies: list[Message] = []
             if first_time and len(facts):
-                changed = fold(aggregates.entries, partition, facts, masks)
+                changed = fold(aggregates.entries, partition, facts, masks, offset)
                 watermark = max(marker.watermark_ms, int(sold_at.max()))
                 Marker(offset, marker.watermark_ms, watermark).store(aggregates.entries, partition)
                 aggregates.record(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from random import Random
 
 import numpy as np
 import pandas as pd
@@ -117,6 +118,34 @@ def test_folding_in_any_batches_equals_one_group_by(
                 totals[2] += 1
                 totals[3] += row["discount_ppm"]
     assert {key: value[:4] for key, value in state.items()} == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(sales_rows, st.integers(1, 4), st.randoms(use_true_random=False))
+def test_a_message_folded_again_after_a_partial_changelog_counts_once(
+    rows: list[tuple[int, str, str, int, int, int, int]], batches: int, random: Random
+) -> None:
+    """A crash can make part of a message's changelog durable and not the marker; the
+    message then comes again and must add only to the keys that missed it."""
+    facts = frame(rows)
+    masks = np.array([row[6] for row in rows], dtype=np.int64)
+    messages = list(enumerate(np.array_split(np.arange(len(rows)), batches)))
+    once: dict[str, list[int]] = {}
+    for offset, part in messages:
+        fold(once, 3, facts.iloc[part], masks[part], offset)
+
+    recovered: dict[str, list[int]] = {}
+    for offset, part in messages:
+        before = {key: list(value) for key, value in recovered.items()}
+        changed = fold(recovered, 3, facts.iloc[part], masks[part], offset)
+        lost = [key for key in changed if random.random() < 0.5]
+        for key in lost:  # what the restarted worker recovers: the old value, or none
+            if key in before:
+                recovered[key] = before[key]
+            else:
+                del recovered[key]
+        fold(recovered, 3, facts.iloc[part], masks[part], offset)
+    assert {k: v[:4] for k, v in recovered.items()} == {k: v[:4] for k, v in once.items()}
 
 
 def test_every_update_of_a_key_has_a_higher_version() -> None:
