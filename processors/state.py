@@ -11,6 +11,7 @@ recovery after a restart or a rebalance is Faust's own.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -20,12 +21,18 @@ import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
 
 from processors.aggregates import WINDOWS, Marker, evict_closed, fold, update_messages
 from producers.publisher import KafkaPublisher, Message, partitions_for
 from tillstream.records import SCHEMA_HEADERS
 
-__all__ = ["BatchedChangelogTable", "changelog_message", "restore_changelogs"]
+__all__ = [
+    "BatchedChangelogTable",
+    "changelog_message",
+    "ensure_changelogs",
+    "restore_changelogs",
+]
 
 
 class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
@@ -81,7 +88,6 @@ async def restore_changelogs(
     """
     if await _has_records(bootstrap_servers, seen, security or {}):
         return 0
-    await _has_records(bootstrap_servers, aggregates, security or {})
     partitions = seen.partitions
     totals: dict[str, list[int]] = {}
     watermarks: dict[int, int] = {}
@@ -135,25 +141,47 @@ def changelog_message(key: str, value: Any, partition: int) -> Message:
     return Message(json.dumps(key).encode(), encoded, partition)
 
 
+async def ensure_changelogs(
+    tables: Iterable[BatchedChangelogTable],
+    bootstrap_servers: str,
+    security: Mapping[str, Any] | None = None,
+) -> None:
+    """Create the missing changelog topics as Faust would, before the worker starts.
+
+    Faust creates them itself while starting, but a new consumer group whose first
+    metadata lacks one ignores it in the assignment, and the table's agent then
+    crashes on every event until the metadata is refreshed, minutes later.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(security or {}))
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        for table in tables:
+            if table.changelog_topic_name in existing:
+                continue
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(
+                    [
+                        NewTopic(
+                            table.changelog_topic_name,
+                            table.partitions,
+                            int(table.app.conf.topic_replication_factor),
+                            topic_configs={"cleanup.policy": "compact"},
+                        )
+                    ]
+                )
+    finally:
+        await admin.close()
+
+
 async def _has_records(
     bootstrap_servers: str, table: BatchedChangelogTable, security: Mapping[str, Any]
 ) -> bool:
-    """Whether the changelog holds anything; a missing one is created as Faust would."""
+    """Whether the changelog (created by `ensure_changelogs`) holds anything."""
     topic = table.changelog_topic_name
-    partitions = table.partitions
-    replication = int(table.app.conf.topic_replication_factor)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     await admin.start()
     try:
-        if topic not in await admin.list_topics():
-            await admin.create_topics(
-                [
-                    NewTopic(
-                        topic, partitions, replication, topic_configs={"cleanup.policy": "compact"}
-                    )
-                ]
-            )
-            return False
         [description] = await admin.describe_topics([topic])
         partitions = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
     finally:

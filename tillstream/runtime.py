@@ -21,7 +21,7 @@ import faust
 
 from processors.app import build_app
 from processors.corrections import CorrectionIntake
-from processors.state import restore_changelogs
+from processors.state import ensure_changelogs, restore_changelogs
 from producers.file_ingest import FileIngestor
 from producers.poller import Poller
 from producers.publisher import KafkaPublisher
@@ -179,6 +179,9 @@ class Runtime:
             await self._start_sink()
         if Component.WORKER in self.components:
             app, tables = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            await ensure_changelogs(
+                [tables.seen, tables.aggregates], self.bootstrap_servers, self._security
+            )
             if self._database is not None:
                 restored = await restore_changelogs(
                     tables.seen,

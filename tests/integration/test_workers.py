@@ -74,3 +74,7 @@ def test_replaying_the_raw_topic_into_a_fresh_worker_group_adds_nothing(
     assert int(pipeline.scalar("SELECT count() FROM tillstream.sales FINAL")) == truth.valid
     assert_matches_truth(pipeline, row["source_id"], truth)
     assert_aggregates_match_sales(pipeline)
+    # A new group whose changelog topics appeared after its first metadata crashed its
+    # dedupe agent on every event (PartitionsMismatch) until the metadata was refreshed.
+    crashes = [line for line in replay.log_file.read_text().splitlines() if "Crashed" in line]
+    assert not crashes, crashes[:3]
