@@ -186,6 +186,11 @@ async def _has_records(
         partitions = [TopicPartition(topic, p["partition"]) for p in description["partitions"]]
     finally:
         await admin.close()
+    if not partitions:
+        # Created a moment ago, so empty. (A consumer asked for no offsets returns at
+        # once, and aiokafka's stop() then raises the CancelledError of a task that
+        # never ran: `up` died at start-up once in about twenty runs.)
+        return False
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **security
     )
