@@ -17,13 +17,6 @@ pytestmark = pytest.mark.integration
 CLEANED = "tillstream_worker_rows_total"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="Faust skipped input records after a table recovery (a worker joining or "
-    "leaving); processors/faust_app.py now keeps input partitions paused until the seek "
-    "and rewinds uncommitted ones; since then, 1 of 6 runs of this module with "
-    "test_restarts.py on Apache Kafka had a failure, not captured. Open in issue 3.",
-)
 def test_a_second_worker_shares_the_work_and_its_sigkill_loses_nothing(
     pipeline: Pipeline, tmp_path: Path, kafka_bootstrap: str
 ) -> None:
