@@ -189,7 +189,7 @@ async def _has_records(
     if not partitions:
         # Created a moment ago, so empty. (A consumer asked for no offsets returns at
         # once, and aiokafka's stop() then raises the CancelledError of a task that
-        # never ran: `up` died at start-up once in about twenty runs.)
+        # never ran: `up` died at start-up once in a dozen runs.)
         return False
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, **security
