@@ -69,7 +69,7 @@ async def _run(path: Path, rows: int, data_dir: Path) -> dict[str, Any]:
 async def _measure(path: Path, rows: int, data_dir: Path, servers: str) -> dict[str, Any]:
     config = KafkaConfig(topic_prefix="naive.")
     topics = Topics.from_config(config)
-    await ensure_topics(servers, config, topics)
+    await ensure_topics(servers, config, topics.all())
     columns, messages = _sample(path, rows)
     publisher = KafkaPublisher(servers, "naive-bench")
     await publisher.start()

@@ -11,7 +11,6 @@ recovery after a restart or a rebalance is Faust's own.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
 from typing import Any
@@ -20,19 +19,14 @@ import faust
 import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.admin import AIOKafkaAdminClient
 
 from processors.aggregates import WINDOWS, Marker, evict_closed, fold, update_messages
 from producers.publisher import KafkaPublisher, Message, partitions_for
 from tillstream.records import SCHEMA_HEADERS
+from tillstream.topics import TopicSpec
 
-__all__ = [
-    "BatchedChangelogTable",
-    "changelog_message",
-    "ensure_changelogs",
-    "restore_changelogs",
-]
+__all__ = ["BatchedChangelogTable", "changelog_message", "restore_changelogs"]
 
 
 class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
@@ -43,6 +37,11 @@ class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
     @property
     def changelog_topic_name(self) -> str:
         return str(self.changelog_topic.get_topic_name())
+
+    def changelog_spec(self) -> TopicSpec:
+        """The changelog topic as Faust creates it: compacted (so retention is unused),
+        a partition per partition of the table's source topic."""
+        return TopicSpec(self.changelog_topic_name, self.partitions, 0, compacted=True)
 
     @property
     def entries(self) -> MutableMapping[Any, Any]:
@@ -141,43 +140,10 @@ def changelog_message(key: str, value: Any, partition: int) -> Message:
     return Message(json.dumps(key).encode(), encoded, partition)
 
 
-async def ensure_changelogs(
-    tables: Iterable[BatchedChangelogTable],
-    bootstrap_servers: str,
-    security: Mapping[str, Any] | None = None,
-) -> None:
-    """Create the missing changelog topics as Faust would, before the worker starts.
-
-    Faust creates them itself while starting, but a new consumer group whose first
-    metadata lacks one ignores it in the assignment, and the table's agent then
-    crashes on every event until the metadata is refreshed, minutes later.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **(security or {}))
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        for table in tables:
-            if table.changelog_topic_name in existing:
-                continue
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(
-                    [
-                        NewTopic(
-                            table.changelog_topic_name,
-                            table.partitions,
-                            int(table.app.conf.topic_replication_factor),
-                            topic_configs={"cleanup.policy": "compact"},
-                        )
-                    ]
-                )
-    finally:
-        await admin.close()
-
-
 async def _has_records(
     bootstrap_servers: str, table: BatchedChangelogTable, security: Mapping[str, Any]
 ) -> bool:
-    """Whether the changelog (created by `ensure_changelogs`) holds anything."""
+    """Whether the changelog (created at start-up from `changelog_spec`) holds anything."""
     topic = table.changelog_topic_name
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, **security)
     await admin.start()

@@ -21,7 +21,7 @@ import faust
 
 from processors.app import build_app
 from processors.corrections import CorrectionIntake
-from processors.state import ensure_changelogs, restore_changelogs
+from processors.state import restore_changelogs
 from producers.file_ingest import FileIngestor
 from producers.poller import Poller
 from producers.publisher import KafkaPublisher
@@ -144,7 +144,7 @@ class Runtime:
             self.bootstrap_servers = broker.bootstrap_servers
         else:
             await wait_for_metadata(self.bootstrap_servers, security=self._security)
-        await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics)
+        await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics.all())
 
         self.idempotent = await self._idempotence()
         publisher = KafkaPublisher(
@@ -179,8 +179,13 @@ class Runtime:
             await self._start_sink()
         if Component.WORKER in self.components:
             app, tables = build_app(settings, self.bootstrap_servers, self.topics, publisher)
-            await ensure_changelogs(
-                [tables.seen, tables.aggregates], self.bootstrap_servers, self._security
+            # Before the consumer starts: a new group whose first metadata lacks a
+            # changelog topic leaves it out of the assignment, and the table's agent
+            # crashes on every event until the metadata is refreshed, minutes later.
+            await ensure_topics(
+                self.bootstrap_servers,
+                settings.kafka,
+                [tables.seen.changelog_spec(), tables.aggregates.changelog_spec()],
             )
             if self._database is not None:
                 restored = await restore_changelogs(

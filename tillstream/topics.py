@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -88,7 +89,9 @@ class Topics:
         ]
 
 
-async def ensure_topics(bootstrap_servers: str, config: KafkaConfig, topics: Topics) -> None:
+async def ensure_topics(
+    bootstrap_servers: str, config: KafkaConfig, topics: Iterable[TopicSpec]
+) -> None:
     """Create every topic that does not exist yet; existing ones are left as they are."""
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap_servers, client_id=config.client_id, **client_options(config)
@@ -96,7 +99,7 @@ async def ensure_topics(bootstrap_servers: str, config: KafkaConfig, topics: Top
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        missing = [spec for spec in topics.all() if spec.name not in existing]
+        missing = [spec for spec in topics if spec.name not in existing]
         for spec in missing:
             try:
                 await admin.create_topics([spec.new_topic(config.replication_factor)])
