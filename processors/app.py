@@ -165,11 +165,9 @@ def build_app(
                 anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
                 for bit, window in enumerate(WINDOWS):
                     metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
-            if time.monotonic() - evicted_at.get(partition, 0.0) >= _EVICTION_INTERVAL_SECONDS:
-                evicted_at[partition] = time.monotonic()
+            if _due(evicted_at, partition, _EVICTION_INTERVAL_SECONDS):
                 evict(partition)
-            if time.monotonic() - expired_at.get(partition, 0.0) >= _EXPIRY_INTERVAL_SECONDS:
-                expired_at[partition] = time.monotonic()
+            if _due(expired_at, partition, _EXPIRY_INTERVAL_SECONDS):
                 forget(partition, int(now.timestamp()) - retention_seconds)
             clean = [*sorted_out.clean, *accepted]
             # The outputs in any order, together: one round trip to the broker, not five.
@@ -215,6 +213,15 @@ def build_app(
         metrics.WORKER_EXPIRED.labels("seen").inc(len(expired))
 
     return app, WorkerTables(seen, aggregates)
+
+
+def _due(last_run: dict[int, float], partition: int, interval_seconds: float) -> bool:
+    """Whether a partition's periodic work is due; if so, it counts as run now."""
+    now = time.monotonic()
+    if now - last_run.get(partition, 0.0) < interval_seconds:
+        return False
+    last_run[partition] = now
+    return True
 
 
 def _clean(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
