@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Mapping, MutableMapping
 from dataclasses import dataclass
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from processors.chunks import decimal_text, isoformat_ms
+from processors.chunks import (
+    FACT_COLUMNS,
+    ValidatedMessage,
+    ValidatedSale,
+    decimal_text,
+    isoformat_ms,
+)
 from producers.publisher import Message
 from tillstream.records import SCHEMA_VERSION
 
@@ -36,6 +43,7 @@ __all__ = [
     "fold",
     "late_masks",
     "mask_windows",
+    "sale_facts",
     "update_messages",
     "window_bounds",
 ]
@@ -87,6 +95,19 @@ class Marker:
         ]
 
 
+def sale_facts(message: ValidatedMessage, sales: list[ValidatedSale]) -> pd.DataFrame:
+    """What aggregation needs of these sales of `message`, one row per sale: from the
+    facts the message carries, or from the sales' clean values in a message without."""
+    if message.facts is None:
+        return facts_from_clean(sale.clean_json for sale in sales)
+    positions = [sale.position for sale in sales]
+    facts = message.facts
+    return _facts_frame(
+        [sale.order_id for sale in sales],
+        {name: np.asarray(facts[name], dtype)[positions] for name, dtype in FACT_COLUMNS.items()},
+    )
+
+
 def facts_from_clean(clean_json: Iterable[str]) -> pd.DataFrame:
     """What aggregation needs of `sales.clean` values, as exact integers.
 
@@ -96,23 +117,29 @@ def facts_from_clean(clean_json: Iterable[str]) -> pd.DataFrame:
     tenth of pandas' JSON reader.
     """
     docs = json.loads("[" + ",".join(clean_json) + "]")
-    return pd.DataFrame(
+    return _facts_frame(
+        [doc["order_id"] for doc in docs],
         {
-            "order_id": [doc["order_id"] for doc in docs],
             "sold_at_ms": np.array(
                 [doc["sold_at"].rstrip("Z") for doc in docs], dtype="datetime64[ms]"
             ).astype(np.int64),
             "product": [doc["product"] for doc in docs],
-            "region": [doc["region"] for doc in docs],
             "category": [doc["category"] for doc in docs],
+            "region": [doc["region"] for doc in docs],
             "store_id": [doc["store_id"] for doc in docs],
-            "quantity": np.array([doc["quantity"] for doc in docs], dtype=np.int64),
-            "revenue_cents": np.array(
-                [int(doc["revenue"].replace(".", "")) for doc in docs], dtype=np.int64
-            ),
-            "discount_ppm": np.array(
-                [int(doc["discount"].replace(".", "")) for doc in docs], dtype=np.int64
-            ),
+            "quantity": [doc["quantity"] for doc in docs],
+            "revenue_cents": [int(doc["revenue"].replace(".", "")) for doc in docs],
+            "discount_ppm": [int(doc["discount"].replace(".", "")) for doc in docs],
+        },
+    )
+
+
+def _facts_frame(order_ids: list[str], facts: Mapping[str, Any]) -> pd.DataFrame:
+    """One shape whichever way the facts were read: integers as int64, text as objects."""
+    return pd.DataFrame(
+        {
+            "order_id": np.asarray(order_ids, dtype=object),
+            **{name: np.asarray(facts[name], dtype) for name, dtype in FACT_COLUMNS.items()},
         }
     )
 

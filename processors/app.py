@@ -27,9 +27,9 @@ from processors.aggregates import (
     WINDOWS,
     Marker,
     evict_closed,
-    facts_from_clean,
     fold,
     late_masks,
+    sale_facts,
     update_messages,
 )
 from processors.anomalies import RevenueBaseline, anomaly_message
@@ -139,11 +139,12 @@ def build_app(
             started = time.perf_counter()
             partition, offset = event.message.partition, event.message.offset
             now = datetime.now(UTC)
-            source, sales = decode_validated(event.value)
-            sorted_out = classify(source, sales, seen.entries, now)
+            message = decode_validated(event.value)
+            source = message.source
+            sorted_out = classify(source, message.sales, seen.entries, now)
             marker = Marker.load(aggregates.entries, partition)
             first_time = offset > marker.offset
-            facts = facts_from_clean(sale.clean_json for sale in sorted_out.new)
+            facts = sale_facts(message, sorted_out.new)
             sold_at = facts["sold_at_ms"].to_numpy()
             masks = late_masks(
                 sold_at,

@@ -8,6 +8,7 @@ dedupe stage, which owns that partition's state, receives them in one message.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from json.encoder import encode_basestring  # type: ignore[attr-defined]
@@ -33,7 +34,9 @@ from tillstream.records import (
 from tillstream.settings import CleaningRules
 
 __all__ = [
+    "FACT_COLUMNS",
     "CleanedChunk",
+    "ValidatedMessage",
     "ValidatedSale",
     "clean_chunk",
     "dead_letter",
@@ -41,6 +44,7 @@ __all__ = [
     "decode_validated",
     "isoformat",
     "isoformat_ms",
+    "validated_value",
 ]
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -48,6 +52,20 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 FINGERPRINT_COLUMNS = [name for name in CLEAN_COLUMNS if name != "revenue_cents"]
 """What makes two deliveries of an order the same sale (revenue follows from the rest;
 provenance is not part of it)."""
+
+FACT_COLUMNS: dict[str, type] = {
+    "sold_at_ms": np.int64,
+    "product": object,
+    "category": object,
+    "region": object,
+    "store_id": object,
+    "quantity": np.int64,
+    "revenue_cents": np.int64,
+    "discount_ppm": np.int64,
+}
+"""What aggregation needs of a sale, and its type (text is None where missing): carried
+column-wise in each `sales.validated` message, so that dedupe need not parse every
+clean value again."""
 
 
 @dataclass(slots=True)
@@ -61,6 +79,17 @@ class ValidatedSale:
     clean_json: str
     original_json: str
     """The row as received, a JSON object: what a conflict's dead letter carries."""
+    position: int
+    """Its place in its message, and so in the message's facts."""
+
+
+@dataclass(frozen=True, slots=True)
+class ValidatedMessage:
+    source: SourceRef
+    sales: list[ValidatedSale]
+    facts: dict[str, list[Any]] | None
+    """FACT_COLUMNS of every sale, in message order; None in a message written before
+    versions carried them (its sales' facts are in their clean values)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,12 +126,17 @@ def _decimal_text(units: pd.Series, scale: int) -> pa.Array:
     return pc.binary_join_element_wise(whole, pc.utf8_slice_codeunits(padded, 1), ".")
 
 
+def _epoch_ms(moments: pd.Series) -> np.ndarray:
+    """Milliseconds since the epoch, truncated as the ISO 8601 form is."""
+    nanoseconds = moments.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").view("i8")
+    return nanoseconds // 1_000_000
+
+
 def _iso_milliseconds(moments: pd.Series) -> pa.Array:
     """The same ISO 8601 form as `isoformat`, column-wise. Sales repeat their dates, and
     Arrow's strftime costs a microsecond a value, so each distinct moment is formatted once
     (Arrow prints a millisecond timestamp's seconds with their fraction)."""
-    nanoseconds = moments.dt.tz_localize(None).to_numpy().astype("datetime64[ns]").view("i8")
-    codes, distinct = pd.factorize(nanoseconds // 1_000_000)
+    codes, distinct = pd.factorize(_epoch_ms(moments))
     texts = pc.strftime(pa.array(distinct, pa.timestamp("ms")), format="%Y-%m-%dT%H:%M:%S")
     return pc.binary_join_element_wise(texts.take(pa.array(codes)), "Z", "")
 
@@ -320,6 +354,15 @@ def clean_chunk(
     )
 
 
+def _facts(clean: pd.DataFrame) -> dict[str, np.ndarray]:
+    """FACT_COLUMNS of the clean rows."""
+    facts = {"sold_at_ms": _epoch_ms(clean["sold_at"])}
+    for name, dtype in FACT_COLUMNS.items():
+        if name != "sold_at_ms":
+            facts[name] = clean[name].to_numpy(dtype=dtype, na_value=None)
+    return facts
+
+
 def _validated(
     clean: pd.DataFrame,
     originals: np.ndarray[Any, np.dtype[np.object_]],
@@ -327,8 +370,8 @@ def _validated(
     partitions: int,
     now: datetime,
 ) -> list[Message]:
-    """One `sales.validated` message per partition of the order ids: a JSON header line,
-    then a line of tab-separated fields per sale, in chunk order."""
+    """One `sales.validated` message per partition of the order ids, its sales in chunk
+    order."""
     if clean.empty:
         return []
     fingerprints = _fingerprints(clean)
@@ -342,27 +385,42 @@ def _validated(
     ).to_numpy(zero_copy_only=False)
     order_ids = pc.cast(pa.array(clean["order_id"]), pa.binary()).to_pylist()
     owners = partitions_for(order_ids, partitions)
-    header = encode(
-        {"source": {"kind": chunk.source.kind, "id": chunk.source.id, "name": chunk.source.name}}
-    ).decode()
-    return [
-        Message(
-            key=f"{chunk.source.id}:{chunk.seq}:{partition}".encode(),
-            value="\n".join([header, *sales[owners == partition]]).encode(),
-            partition=int(partition),
+    facts = _facts(clean)
+    messages = []
+    for partition in np.unique(owners):
+        mine = owners == partition
+        value = validated_value(
+            chunk.source,
+            {name: values[mine].tolist() for name, values in facts.items()},
+            sales[mine],
         )
-        for partition in np.unique(owners)
-    ]
+        key = f"{chunk.source.id}:{chunk.seq}:{partition}".encode()
+        messages.append(Message(key, value, int(partition)))
+    return messages
 
 
-def decode_validated(value: bytes) -> tuple[SourceRef, list[ValidatedSale]]:
+def validated_value(
+    source: SourceRef, facts: dict[str, list[Any]] | None, lines: Iterable[str]
+) -> bytes:
+    """A `sales.validated` value: a JSON header line (the source, and the facts of the
+    sales column-wise), then a line of tab-separated fields per sale."""
+    header = encode(
+        {"source": {"kind": source.kind, "id": source.id, "name": source.name}, "facts": facts}
+    )
+    return "\n".join([header.decode(), *lines]).encode()
+
+
+def decode_validated(value: bytes) -> ValidatedMessage:
     """A `sales.validated` message: a JSON header line, then one line per sale of
     tab-separated fields (JSON escapes every tab and newline inside them)."""
-    header, *lines = value.decode().split("\n")
+    header_line, *lines = value.decode().split("\n")
     sales = []
-    for text in lines:
+    for position, text in enumerate(lines):
         order_id, fingerprint, line, clean_json, original_json = text.split("\t", 4)
         # A JSON string without escapes is its text in quotes: no need to parse most ids.
         order_id = decode(order_id) if "\\" in order_id else order_id[1:-1]
-        sales.append(ValidatedSale(order_id, fingerprint, int(line), clean_json, original_json))
-    return SourceRef(**decode(header.encode())["source"]), sales
+        sales.append(
+            ValidatedSale(order_id, fingerprint, int(line), clean_json, original_json, position)
+        )
+    header = decode(header_line.encode())
+    return ValidatedMessage(SourceRef(**header["source"]), sales, header.get("facts"))

@@ -57,7 +57,7 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
         report.rows += len(chunk.rows) + len(chunk.unparseable)
         _count_dead_letters(report, cleaned.dead_letters)
         for message in cleaned.validated:
-            _, sales = decode_validated(message.value)
+            sales = decode_validated(message.value).sales
             unknown = [sale.order_id for sale in sales if sale.order_id not in seen]
             seen.update(await known_orders(unknown))
             output = classify(source, sales, seen, now)

@@ -24,7 +24,7 @@ from aiokafka.errors import (
     RecordTooLargeError,
 )
 
-from processors.chunks import CleanedChunk, dead_letter, decode_validated
+from processors.chunks import CleanedChunk, dead_letter, decode_validated, validated_value
 from producers.publisher import KafkaPublisher, Message
 from tillstream.records import ReasonCode, decode, encode
 
@@ -165,7 +165,8 @@ def _halve_validated(unsendable: list[Message], now: datetime, message: Message)
     """A validated message as two, by its sales; a single sale too large to send becomes
     a `message_too_large` dead letter, added to `unsendable`."""
     value = message.value or b""
-    source, sales = decode_validated(value)
+    decoded = decode_validated(value)
+    source, sales = decoded.source, decoded.sales
     if len(sales) == 1:
         [sale] = sales
         unsendable.append(
@@ -182,9 +183,11 @@ def _halve_validated(unsendable: list[Message], now: datetime, message: Message)
             )
         )
         return []
-    header, *lines = value.split(b"\n")
+    lines = value.decode().split("\n")[1:]
     middle = len(lines) // 2
-    return [
-        Message(message.key + suffix, b"\n".join([header, *part]), message.partition)
-        for suffix, part in ((b"a", lines[:middle]), (b"b", lines[middle:]))
-    ]
+    halves = []
+    for suffix, part in ((b"a", slice(None, middle)), (b"b", slice(middle, None))):
+        facts = decoded.facts and {name: values[part] for name, values in decoded.facts.items()}
+        value = validated_value(source, facts, lines[part])
+        halves.append(Message(message.key + suffix, value, message.partition))
+    return halves

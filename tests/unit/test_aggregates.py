@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime
 from random import Random
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,9 +22,17 @@ from processors.aggregates import (
     fold,
     late_masks,
     mask_windows,
+    sale_facts,
     update_messages,
     window_bounds,
 )
+from processors.chunks import clean_chunk, decode_validated
+from producers.readers import read_chunks
+from tillstream.records import RawChunk, SourceRef
+from tillstream.sample_data import generate_sales
+from tillstream.settings import default_rules
+
+NOW = datetime(2025, 3, 14, 9, 30, tzinfo=UTC)
 
 
 def ms(text: str) -> int:
@@ -203,3 +213,33 @@ def test_facts_from_clean_messages_are_exact_integers() -> None:
     assert row["sold_at_ms"] == ms("2024-05-06T07:08:09.010")
     assert (row["revenue_cents"], row["discount_ppm"], row["quantity"]) == (7, 100_000, 2)
     assert facts_from_clean([]).empty
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    file_format=st.sampled_from(["csv", "json"]),
+    kept=st.lists(st.booleans(), min_size=400, max_size=400),
+)
+def test_the_facts_a_validated_message_carries_are_those_its_clean_values_say(
+    tmp_path_factory: pytest.TempPathFactory, seed: int, file_format: str, kept: list[bool]
+) -> None:
+    """Dedupe folds the facts the clean stage sent beside the sales, not the sales'
+    clean values: the two must agree for any subset of a message's sales, and a message
+    from before the facts were carried is read from its clean values."""
+    path = tmp_path_factory.mktemp("facts") / f"sales.{file_format}"
+    generate_sales(path, 400, seed, file_format=file_format)  # type: ignore[arg-type]
+    source = SourceRef("file", "f" * 64, str(path))
+    for seq, chunk in enumerate(read_chunks(path, 400)):
+        raw = RawChunk(source, seq, chunk.columns, chunk.rows, chunk.lines, chunk.unparseable)
+        for value in clean_chunk(raw, default_rules(), 3, NOW).validated:
+            message = decode_validated(value.value or b"")
+            assert message.facts is not None
+            sales = [sale for sale, keep in zip(message.sales, kept, strict=False) if keep]
+            pd.testing.assert_frame_equal(
+                sale_facts(message, sales),
+                facts_from_clean(sale.clean_json for sale in sales),
+            )
+            assert sale_facts(replace(message, facts=None), sales).equals(
+                sale_facts(message, sales)
+            )

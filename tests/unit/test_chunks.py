@@ -38,7 +38,7 @@ def clean_values(rows: list[list[str | None]]) -> list[dict[str, object]]:
     return [
         json.loads(sale.clean_json)
         for message in cleaned.validated
-        for sale in decode_validated(message.value)[1]
+        for sale in decode_validated(message.value).sales
     ]
 
 
@@ -72,7 +72,7 @@ def test_validated_rows_go_to_the_partition_of_their_order_id() -> None:
     cleaned = clean_chunk(chunk(rows), RULES, 4, NOW)
     assert cleaned.valid_rows == 40
     for message in cleaned.validated:
-        _, sales = decode_validated(message.value)
+        sales = decode_validated(message.value).sales
         assert {partition_for(sale.order_id.encode(), 4) for sale in sales} == {message.partition}
         assert all(json.loads(sale.original_json)["OrderID"] == sale.order_id for sale in sales)
 

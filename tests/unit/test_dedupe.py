@@ -20,6 +20,7 @@ def sale(order_id: str, fingerprint: str, line: int) -> ValidatedSale:
         line=line,
         clean_json=json.dumps({"order_id": order_id, "line": line}),
         original_json=json.dumps({"ID": order_id, "Qty": "1"}),
+        position=0,
     )
 
 
@@ -91,7 +92,7 @@ def test_duplicates_within_one_batch_are_seen() -> None:
 def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for() -> None:
     seen: dict[str, SeenEntry] = {}
     row = dict.fromkeys(CLEAN_FIELDS[:-1], "x")
-    late = ValidatedSale("o1", "f1", 2, json.dumps(row), "{}")
+    late = ValidatedSale("o1", "f1", 2, json.dumps(row), "{}", 0)
     [message] = dedupe(FILE_A, [late], seen, NOW, late_mask=0b0011).clean
     assert list(json.loads(message.value)) == list(CLEAN_FIELDS)
     assert json.loads(message.value)["late_windows"] == ["minute", "hour"]

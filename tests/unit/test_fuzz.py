@@ -241,7 +241,9 @@ def test_clean_chunk_classifies_every_row_under_any_headers(
     cleaned = clean_chunk(RawChunk.from_json(chunk.to_json()), RULES, partitions, NOW)
 
     letters = [json.loads(message.value or b"") for message in cleaned.dead_letters]
-    sales = [sale for message in cleaned.validated for sale in decode_validated(message.value)[1]]
+    sales = [
+        sale for message in cleaned.validated for sale in decode_validated(message.value).sales
+    ]
     every_line = chunk.lines + [line for line, _ in chunk.unparseable]
     assert sorted([letter["line"] for letter in letters] + [sale.line for sale in sales]) == sorted(
         every_line
@@ -267,7 +269,7 @@ def _kept_every_value(chunk: RawChunk, partitions: int) -> None:
     originals += [
         (sale.line, json.loads(sale.original_json))
         for message in cleaned.validated
-        for sale in decode_validated(message.value)[1]
+        for sale in decode_validated(message.value).sales
     ]
     for line, original in originals:
         assert len(original) == len(chunk.columns), (chunk.columns, original)

@@ -8,9 +8,11 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import cast
 
+import pandas as pd
 import pytest
 from aiokafka.errors import TopicAuthorizationFailedError
 
+from processors.aggregates import facts_from_clean, sale_facts
 from processors.chunks import clean_chunk, decode_validated
 from processors.oversize import (
     MAX_MESSAGE_BYTES,
@@ -57,8 +59,12 @@ def test_validated_messages_are_halved_until_they_fit_and_a_sale_too_large_is_qu
     validated = recorder.sent["validated"]
     assert all(len(m.key) + len(m.value or b"") <= MAX_MESSAGE_BYTES for m in validated)
     assert {m.partition for m in validated} == {0}
-    lines = [sale.line for m in validated for sale in decode_validated(m.value or b"")[1]]
-    assert lines == list(range(2, 302))
+    halves = [decode_validated(m.value or b"") for m in validated]
+    assert [sale.line for half in halves for sale in half.sales] == list(range(2, 302))
+    for half in halves:  # each half carries the facts of its own sales
+        pd.testing.assert_frame_equal(
+            sale_facts(half, half.sales), facts_from_clean(sale.clean_json for sale in half.sales)
+        )
     [letter] = [json.loads(m.value or b"") for m in recorder.sent["dlq"]]
     assert (letter["line"], letter["reasons"]) == (302, ["message_too_large"])
     assert len(letter["original"]) == MAX_ORIGINAL_CHARS
