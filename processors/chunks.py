@@ -356,11 +356,12 @@ def clean_chunk(
 
 def _facts(clean: pd.DataFrame) -> dict[str, np.ndarray]:
     """FACT_COLUMNS of the clean rows."""
-    facts = {"sold_at_ms": _epoch_ms(clean["sold_at"])}
-    for name, dtype in FACT_COLUMNS.items():
-        if name != "sold_at_ms":
-            facts[name] = clean[name].to_numpy(dtype=dtype, na_value=None)
-    return facts
+    return {
+        name: _epoch_ms(clean["sold_at"])
+        if name == "sold_at_ms"
+        else clean[name].to_numpy(dtype=dtype, na_value=None)
+        for name, dtype in FACT_COLUMNS.items()
+    }
 
 
 def _validated(
