@@ -1,7 +1,8 @@
 """The Faust app: two agents, cleaning then dedupe and aggregation.
 
 `clean` turns each raw chunk into dead letters and, per dedupe partition, one
-message of validated rows. `dedupe` owns the `seen` and `aggregates` tables for
+message of validated rows; the cleaning itself runs in a process of its own
+(processors/cleaning_process.py). `dedupe` owns the `seen` and `aggregates` tables for
 its partitions: it emits clean sales, conflicts and duplicates, folds each newly
 accepted sale into the windowed aggregates and scores it for anomalies. Both
 publish through the batch publisher and finish publishing before Faust commits
@@ -33,7 +34,8 @@ from processors.aggregates import (
     update_messages,
 )
 from processors.anomalies import RevenueBaseline, anomaly_message
-from processors.chunks import CleanedChunk, clean_chunk, decode_validated
+from processors.chunks import decode_validated
+from processors.cleaning_process import CleaningProcess
 from processors.dedupe import accept, classify, expire
 from processors.faust_app import App
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
@@ -41,8 +43,8 @@ from processors.state import BatchedChangelogTable
 from producers.publisher import KafkaPublisher, Message
 from tillstream import metrics
 from tillstream.kafka_security import faust_credentials
-from tillstream.records import SCHEMA_HEADERS, RawChunk
-from tillstream.settings import CleaningRules, Settings
+from tillstream.records import SCHEMA_HEADERS
+from tillstream.settings import Settings
 from tillstream.topics import Topics
 
 __all__ = ["WorkerTables", "build_app"]
@@ -67,7 +69,11 @@ class WorkerTables:
 
 
 def build_app(
-    settings: Settings, bootstrap_servers: str, topics: Topics, publisher: KafkaPublisher
+    settings: Settings,
+    bootstrap_servers: str,
+    topics: Topics,
+    publisher: KafkaPublisher,
+    cleaning: CleaningProcess,
 ) -> tuple[faust.App, WorkerTables]:
     partitions = settings.kafka.partitions
     app = App(
@@ -106,7 +112,6 @@ def build_app(
     aggregates = table(
         "aggregates", "partition|window|start|dimension|key -> totals (processors/aggregates.py)"
     )
-    rules = settings.cleaning
     lateness_ms = settings.worker.allowed_lateness_seconds * 1000
     retention_seconds = settings.worker.dedupe_retention_days * 86_400
     baseline = RevenueBaseline(settings.anomalies)
@@ -117,7 +122,7 @@ def build_app(
     async def clean(stream: faust.StreamT[bytes]) -> None:
         async for value in stream:
             started = time.perf_counter()
-            cleaned = await asyncio.to_thread(_clean, value, rules, partitions)
+            cleaned = await cleaning.clean(value)
             await publish_cleaned(
                 publisher,
                 topics.dlq.name,
@@ -223,9 +228,3 @@ def _due(last_run: dict[int, float], partition: int, interval_seconds: float) ->
         return False
     last_run[partition] = now
     return True
-
-
-def _clean(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
-    """Decoding and cleaning a chunk, run off the event loop: much of Arrow's and pandas'
-    work releases the GIL, and the loop meanwhile serves dedupe, the sink and Kafka."""
-    return clean_chunk(RawChunk.from_json(value), rules, partitions, datetime.now(UTC))

@@ -20,6 +20,7 @@ from typing import Any
 import faust
 
 from processors.app import build_app
+from processors.cleaning_process import CleaningProcess
 from processors.corrections import CorrectionIntake
 from processors.state import restore_changelogs
 from producers.file_ingest import FileIngestor
@@ -178,7 +179,12 @@ class Runtime:
         if Component.SINK in self.components:
             await self._start_sink()
         if Component.WORKER in self.components:
-            app, tables = build_app(settings, self.bootstrap_servers, self.topics, publisher)
+            cleaning = CleaningProcess(settings.cleaning, settings.kafka.partitions)
+            self._stack.stops.append(cleaning.stop)
+            await cleaning.start()
+            app, tables = build_app(
+                settings, self.bootstrap_servers, self.topics, publisher, cleaning
+            )
             # Before the consumer starts: a new group whose first metadata lacks a
             # changelog topic leaves it out of the assignment, and the table's agent
             # crashes on every event until the metadata is refreshed, minutes later.
