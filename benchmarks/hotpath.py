@@ -43,6 +43,7 @@ _WAITING = (
     "_worker (concurrent/futures/thread.py)",
     "Condition.wait (threading.py)",
     "EpollSelector.select (selectors.py)",
+    "_PollLikeSelector.select (selectors.py)",
     "InotifyFD._check_inotify_fd (watchdog/observers/inotify_c.py)",
 )
 """Leaf frames that block (queue, lock, select) yet py-spy samples as active: left out,
