@@ -26,7 +26,7 @@ from processors.chunks import CleanedChunk, clean_chunk
 from tillstream.records import RawChunk
 from tillstream.settings import CleaningRules
 
-__all__ = ["CleaningProcess", "clean_raw"]
+__all__ = ["CleaningProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ _CONTEXT = multiprocessing.get_context("spawn")
 """Not fork: the worker's threads (aiokafka, chDB) would be copied mid-flight."""
 
 
-def clean_raw(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
+def _clean_raw(value: bytes, rules: CleaningRules, partitions: int) -> CleanedChunk:
     """A `sales.raw` message, decoded and cleaned (in the cleaning process)."""
     return clean_chunk(RawChunk.from_json(value), rules, partitions, datetime.now(UTC))
 
@@ -75,18 +75,18 @@ class CleaningProcess:
     async def clean(self, value: bytes) -> CleanedChunk:
         """A process that died (killed, out of memory) is replaced, and the chunk is
         cleaned again in the new one; if that one dies too, the error is raised."""
-        loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(
-                self._pool, clean_raw, value, self._rules, self._partitions
-            )
+            return await self._cleaned(value)
         except BrokenProcessPool:
             log.warning("the cleaning process died; cleaning the chunk again in a new one")
             self._pool.shutdown(wait=False)
             self._pool = self._new_pool()
-            return await loop.run_in_executor(
-                self._pool, clean_raw, value, self._rules, self._partitions
-            )
+            return await self._cleaned(value)
+
+    def _cleaned(self, value: bytes) -> asyncio.Future[CleanedChunk]:
+        return asyncio.get_running_loop().run_in_executor(
+            self._pool, _clean_raw, value, self._rules, self._partitions
+        )
 
     async def stop(self) -> None:
         await asyncio.to_thread(self._pool.shutdown, wait=True, cancel_futures=True)

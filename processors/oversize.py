@@ -187,7 +187,11 @@ def _halve_validated(unsendable: list[Message], now: datetime, message: Message)
     middle = len(lines) // 2
     halves = []
     for suffix, part in ((b"a", slice(None, middle)), (b"b", slice(middle, None))):
-        facts = decoded.facts and {name: values[part] for name, values in decoded.facts.items()}
-        value = validated_value(source, facts, lines[part])
-        halves.append(Message(message.key + suffix, value, message.partition))
+        facts = (
+            None
+            if decoded.facts is None
+            else {name: values[part] for name, values in decoded.facts.items()}
+        )
+        half = validated_value(source, facts, lines[part])
+        halves.append(Message(message.key + suffix, half, message.partition))
     return halves
