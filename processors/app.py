@@ -5,12 +5,15 @@ message of validated rows; the cleaning itself runs in a process of its own
 (processors/cleaning_process.py). `dedupe` owns the `seen` and `aggregates` tables for
 its partitions: it emits clean sales, conflicts and duplicates, folds each newly
 accepted sale into the windowed aggregates and scores it for anomalies. Both
-publish through the batch publisher and finish publishing before Faust commits
-their input offset, so a crash re-delivers rather than loses.
+hand their outputs to processors/transactions.py: with exactly-once on, an event's
+outputs and its input offset are committed in one Kafka transaction; off, they are
+published before Faust commits the input offset, so a crash re-delivers rather
+than loses.
 
 The dedupe agent publishes its outputs first, then the aggregates changelog
-(with the partition's marker), then the `seen` changelog. A crash between any
-two leaves state that the re-delivered message recognises (docs/architecture.md,
+(with the partition's marker), then the `seen` changelog; with exactly-once on,
+the changelogs come first and the outputs after them. A crash between any two
+leaves state that the re-delivered message recognises (docs/architecture.md,
 "Aggregates"), so no sale is folded twice or lost.
 """
 
@@ -21,8 +24,10 @@ import logging
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 import faust
+from faust.types import TP
 
 from processors.aggregates import (
     WINDOWS,
@@ -32,6 +37,7 @@ from processors.aggregates import (
     late_masks,
     sale_facts,
     update_messages,
+    window_keys,
 )
 from processors.anomalies import RevenueBaseline, anomaly_message
 from processors.chunks import decode_validated
@@ -40,6 +46,7 @@ from processors.dedupe import accept, classify, expire
 from processors.faust_app import App
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
 from processors.state import BatchedChangelogTable
+from processors.transactions import Transactions
 from producers.publisher import KafkaPublisher, Message
 from tillstream import metrics
 from tillstream.kafka_security import faust_credentials
@@ -47,7 +54,7 @@ from tillstream.records import SCHEMA_HEADERS
 from tillstream.settings import Settings
 from tillstream.topics import Topics
 
-__all__ = ["WorkerTables", "build_app"]
+__all__ = ["WorkerTables", "build_app", "worker_group_id"]
 
 log = logging.getLogger(__name__)
 
@@ -68,16 +75,21 @@ class WorkerTables:
     aggregates: BatchedChangelogTable
 
 
+def worker_group_id(settings: Settings) -> str:
+    """The workers' consumer group, which is also the Faust app's id."""
+    return f"{settings.kafka.group_prefix}-worker"
+
+
 def build_app(
     settings: Settings,
     bootstrap_servers: str,
     topics: Topics,
-    publisher: KafkaPublisher,
+    transactions: Transactions,
     cleaning: CleaningProcess,
 ) -> tuple[faust.App, WorkerTables]:
     partitions = settings.kafka.partitions
     app = App(
-        f"{settings.kafka.group_prefix}-worker",
+        worker_group_id(settings),
         broker=[f"kafka://{server}" for server in bootstrap_servers.split(",")],
         store="memory://",
         datadir=str(settings.data_dir / "faust"),
@@ -93,8 +105,22 @@ def build_app(
         web_enabled=False,
         broker_credentials=faust_credentials(settings.kafka),
     )
+    app.offsets_in_transactions = transactions.enabled
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
     validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")
+    validated = topics.validated.name
+    inputs = {topics.raw.name, validated}
+    resent: set[int] = set()
+    """Partitions whose totals were sent again after a crash (see `deduplicate`)."""
+
+    @app.on_partitions_revoked.connect
+    async def let_go(_: faust.App, revoked: set[TP], **__: object) -> None:
+        resent.difference_update(tp.partition for tp in revoked if tp.topic == validated)
+        await transactions.drop(revoked)
+
+    @app.on_partitions_assigned.connect
+    async def take_over(_: faust.App, assigned: set[TP], **__: object) -> None:
+        await transactions.take_over(tp for tp in assigned if tp.topic in inputs)
 
     def table(name: str, description: str) -> BatchedChangelogTable:
         return app.tables.add(
@@ -120,17 +146,18 @@ def build_app(
 
     @app.agent(raw_topic, name="clean")
     async def clean(stream: faust.StreamT[bytes]) -> None:
-        async for value in stream:
+        async for event in stream.events():
             started = time.perf_counter()
-            cleaned = await cleaning.clean(value)
-            await publish_cleaned(
-                publisher,
-                topics.dlq.name,
-                topics.validated.name,
-                cleaned,
-                SCHEMA_HEADERS,
-                datetime.now(UTC),
+            cleaned = await cleaning.clean(event.value)
+            publish = partial(
+                publish_cleaned,
+                dlq_topic=topics.dlq.name,
+                validated_topic=topics.validated.name,
+                cleaned=cleaned,
+                headers=SCHEMA_HEADERS,
+                now=datetime.now(UTC),
             )
+            await transactions.deliver(event.message.tp, event.message.offset, publish)
             rejected = len(cleaned.dead_letters)
             metrics.WORKER_ROWS.labels("clean", "valid").inc(cleaned.valid_rows)
             metrics.WORKER_ROWS.labels("clean", "rejected").inc(rejected)
@@ -171,31 +198,33 @@ def build_app(
                 anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
                 for bit, window in enumerate(WINDOWS):
                     metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
+            elif not first_time and partition not in resent:
+                # Folded before a crash, its updates maybe never sent: send the
+                # partition's totals again, once (see "Exactly once per order").
+                resent.add(partition)
+                updates = update_messages(
+                    aggregates.entries, window_keys(aggregates.entries, partition)
+                )
             if _due(evicted_at, partition, _EVICTION_INTERVAL_SECONDS):
                 evict(partition)
             if _due(expired_at, partition, _EXPIRY_INTERVAL_SECONDS):
                 forget(partition, int(now.timestamp()) - retention_seconds)
             clean = [*sorted_out.clean, *accepted]
-            # The outputs in any order, together: one round trip to the broker, not five.
-            # Then the changelogs, in their order (see "Exactly once per order").
-            await asyncio.gather(
-                publisher.publish(topics.clean.name, clean, SCHEMA_HEADERS),
-                publish_fitting(
-                    publisher,
-                    topics.dlq.name,
-                    sorted_out.dead_letters,
-                    SCHEMA_HEADERS,
-                    shrink_dead_letter,
-                ),
-                publisher.publish(topics.duplicates.name, sorted_out.duplicates, SCHEMA_HEADERS),
-                publisher.publish(topics.aggregates.name, updates, SCHEMA_HEADERS),
-                publisher.publish(topics.anomalies.name, anomalies, SCHEMA_HEADERS),
+            outputs = _Outputs(
+                {
+                    topics.clean.name: clean,
+                    topics.duplicates.name: sorted_out.duplicates,
+                    topics.aggregates.name: updates,
+                    topics.anomalies.name: anomalies,
+                },
+                (topics.dlq.name, sorted_out.dead_letters),
+                [
+                    (aggregates.changelog_topic_name, aggregates.take_changelog()),
+                    (seen.changelog_topic_name, seen.take_changelog()),
+                ],
             )
-            await publisher.publish(
-                aggregates.changelog_topic_name, aggregates.take_changelog(), compressed=True
-            )
-            await publisher.publish(
-                seen.changelog_topic_name, seen.take_changelog(), compressed=True
+            await transactions.deliver(
+                event.message.tp, offset, outputs.publish, outputs.publish_changelogs
             )
             metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(clean))
             metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(sorted_out.dead_letters))
@@ -219,6 +248,29 @@ def build_app(
         metrics.WORKER_EXPIRED.labels("seen").inc(len(expired))
 
     return app, WorkerTables(seen, aggregates)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outputs:
+    """What one validated message publishes, kept whole so that a failed transaction
+    can send it again."""
+
+    messages: dict[str, list[Message]]
+    """Topic -> messages: sent together, one round trip to the broker, not five."""
+    dead_letters: tuple[str, list[Message]]
+    changelogs: list[tuple[str, list[Message]]]
+    """The tables' changes, one after another (see "Exactly once per order")."""
+
+    async def publish(self, publisher: KafkaPublisher) -> None:
+        dlq_topic, dead_letters = self.dead_letters
+        await asyncio.gather(
+            *(publisher.publish(t, group, SCHEMA_HEADERS) for t, group in self.messages.items()),
+            publish_fitting(publisher, dlq_topic, dead_letters, SCHEMA_HEADERS, shrink_dead_letter),
+        )
+
+    async def publish_changelogs(self, publisher: KafkaPublisher) -> None:
+        for topic, changelog in self.changelogs:
+            await publisher.publish(topic, changelog, compressed=True)
 
 
 def _due(last_run: dict[int, float], partition: int, interval_seconds: float) -> bool:

@@ -21,11 +21,16 @@ import numpy.typing as npt
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError, KafkaTimeoutError
 from aiokafka.producer.message_accumulator import BatchBuilder
+from aiokafka.record.default_records import DefaultRecordBatch
+from aiokafka.structs import TopicPartition
 
 __all__ = ["Message", "KafkaPublisher", "partition_for", "partitions_for"]
 
 MAX_MESSAGE_BYTES = 8 * 2**20
+BATCH_BYTES = 2**20
 MAX_RETRY_SECONDS = 5.0
+_NONE = DefaultRecordBatch.CODEC_NONE
+_ZSTD = DefaultRecordBatch.CODEC_ZSTD
 
 log = logging.getLogger(__name__)
 Header = tuple[str, bytes]
@@ -92,36 +97,42 @@ class KafkaPublisher:
         client_id: str,
         *,
         idempotent: bool = False,
+        transactional_id: str | None = None,
         security: Mapping[str, Any] | None = None,
     ) -> None:
-        """`security`: TLS and SASL arguments, from `tillstream.kafka_security`."""
-        self._plain, self._compressing = (
-            AIOKafkaProducer(
-                **(security or {}),
-                bootstrap_servers=bootstrap_servers,
-                client_id=client_id,
-                acks="all",
-                enable_idempotence=idempotent,
-                compression_type=compression,
-                max_request_size=MAX_MESSAGE_BYTES,
-                max_batch_size=2**20,
-                linger_ms=0,
-            )
-            for compression in (None, "zstd")
+        """`security`: TLS and SASL arguments, from `tillstream.kafka_security`.
+        `transactional_id`: publish only inside `begin` ... `commit` (implies idempotent)."""
+        self._transactional = transactional_id is not None
+        self._producer = AIOKafkaProducer(
+            **(security or {}),
+            bootstrap_servers=bootstrap_servers,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=idempotent or self._transactional,
+            transactional_id=transactional_id,
+            max_request_size=MAX_MESSAGE_BYTES,
+            max_batch_size=BATCH_BYTES,
+            linger_ms=0,
         )
         self._partitions: dict[str, int] = {}
 
     async def start(self) -> None:
-        await self._plain.start()
-        await self._compressing.start()
+        await self._producer.start()
 
     async def stop(self) -> None:
-        await self._compressing.stop()
-        await self._plain.stop()
+        await self._producer.stop()
+
+    async def begin(self) -> None:
+        await self._producer.begin_transaction()
+
+    async def commit(self, offsets: Mapping[TopicPartition, int], group_id: str) -> None:
+        """Commit the transaction, and with it the group's input `offsets` (the next to read)."""
+        await self._producer.send_offsets_to_transaction(dict(offsets), group_id)
+        await self._producer.commit_transaction()
 
     async def partition_count(self, topic: str) -> int:
         if topic not in self._partitions:
-            self._partitions[topic] = len(await self._plain.partitions_for(topic))
+            self._partitions[topic] = len(await self._producer.partitions_for(topic))
         return self._partitions[topic]
 
     async def publish(
@@ -144,26 +155,25 @@ class KafkaPublisher:
         backoff: the caller waits, which is the backpressure, and nothing it was
         asked to send is dropped. A group is sent again whole, so a retry can
         duplicate messages; every consumer downstream takes that in its stride.
+        Inside a transaction it raises instead: the caller aborts and sends the whole
+        transaction again (processors/transactions.py), so no copy is committed.
         """
         group = list(messages)
+        codec = _ZSTD if compressed else _NONE
         delay = 0.1
         while True:
             try:
-                producer = self._compressing if compressed else self._plain
-                return await self._publish_once(producer, topic, group, headers)
+                return await self._publish_once(topic, group, headers, codec)
             except KafkaError as exc:
-                if not (exc.retriable or isinstance(exc, KafkaTimeoutError)):
+                retriable = exc.retriable or isinstance(exc, KafkaTimeoutError)
+                if self._transactional or not retriable:
                     raise
                 log.warning("publishing to %s failed (%s); retrying in %.1fs", topic, exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_SECONDS)
 
     async def _publish_once(
-        self,
-        producer: AIOKafkaProducer,
-        topic: str,
-        messages: list[Message],
-        headers: Sequence[Header],
+        self, topic: str, messages: list[Message], headers: Sequence[Header], codec: int
     ) -> int:
         partitions = await self.partition_count(topic)
         unplaced = [message.key for message in messages if message.partition is None]
@@ -175,43 +185,46 @@ class KafkaPublisher:
         deliveries: list[asyncio.Future[object]] = []
         for partition, group in by_partition.items():
             deliveries.extend(
-                await _send_partition(producer, topic, partition, group, list(headers))
+                await self._send_partition(topic, partition, group, list(headers), codec)
             )
-        await asyncio.gather(*deliveries)
+        # Every outcome retrieved, so that a failure leaves no unread exception behind.
+        for outcome in await asyncio.gather(*deliveries, return_exceptions=True):
+            if isinstance(outcome, BaseException):
+                raise outcome
         return sum(len(group) for group in by_partition.values())
 
+    async def _send_partition(
+        self, topic: str, partition: int, group: list[Message], headers: list[Header], codec: int
+    ) -> list[asyncio.Future[object]]:
+        """Send a partition's messages in as few batches as fit, the last message alone.
 
-async def _send_partition(
-    producer: AIOKafkaProducer,
-    topic: str,
-    partition: int,
-    group: list[Message],
-    headers: list[Header],
-) -> list[asyncio.Future[object]]:
-    """Send a partition's messages in as few batches as fit, the last message alone.
-
-    The embedded broker computes a partition's high watermark from the base
-    offset of its last batch; ending on a one-message batch keeps it right, and
-    with it Faust's changelog recovery and every lag figure.
-    """
-    deliveries = []
-    batch = producer.create_batch()
-    for message in group[:-1]:
-        if not _append(batch, message, headers):
+        The embedded broker computes a partition's high watermark from the base
+        offset of its last batch; ending on a one-message batch keeps it right, and
+        with it Faust's changelog recovery and every lag figure.
+        """
+        producer = self._producer
+        deliveries = []
+        batch = self._batch(codec)
+        for message in group[:-1]:
+            if not _append(batch, message, headers):
+                deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = self._batch_of(message, headers, codec)
+        if batch.record_count():
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-            batch = _batch_of(producer, message, headers)
-    if batch.record_count():
-        deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-    last = _batch_of(producer, group[-1], headers)
-    deliveries.append(await producer.send_batch(last, topic, partition=partition))
-    return deliveries
+        last = self._batch_of(group[-1], headers, codec)
+        deliveries.append(await producer.send_batch(last, topic, partition=partition))
+        return deliveries
 
+    def _batch(self, codec: int) -> BatchBuilder:
+        """A batch compressed with `codec`: built here, since aiokafka's own builder takes
+        the producer's one compression setting, and a transaction needs one producer."""
+        return BatchBuilder(BATCH_BYTES, codec, is_transactional=self._transactional)
 
-def _batch_of(producer: AIOKafkaProducer, message: Message, headers: list[Header]) -> BatchBuilder:
-    batch = producer.create_batch()
-    if not _append(batch, message, headers):
-        raise ValueError(f"message of {len(message.value or b'')} bytes exceeds the batch size")
-    return batch
+    def _batch_of(self, message: Message, headers: list[Header], codec: int) -> BatchBuilder:
+        batch = self._batch(codec)
+        if not _append(batch, message, headers):
+            raise ValueError(f"message of {len(message.value or b'')} bytes exceeds the batch size")
+        return batch
 
 
 def _append(batch: BatchBuilder, message: Message, headers: list[Header]) -> bool:

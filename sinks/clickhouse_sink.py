@@ -83,7 +83,9 @@ class ClickHouseSink:
         rebalance_timeout_seconds: float,
         on_sources_done: Callable[[list[HistoryEntry]], Awaitable[None]] | None = None,
         kafka_security: Mapping[str, Any] | None = None,
+        read_committed: bool = False,
     ) -> None:
+        """`read_committed`: the workers publish in transactions; skip what they abort."""
         self._tables = {
             topics.clean.name: "sales",
             topics.dlq.name: "quarantine",
@@ -105,6 +107,7 @@ class ClickHouseSink:
             session_timeout_ms=int(session_timeout_seconds * 1000),
             heartbeat_interval_ms=int(session_timeout_seconds * 1000 / 3),
             rebalance_timeout_ms=int(rebalance_timeout_seconds * 1000),
+            isolation_level="read_committed" if read_committed else "read_uncommitted",
         )
         self._db = database
         self._history = IngestionHistory(database)

@@ -163,6 +163,7 @@ class Pipeline(TillstreamProcess):
                 settings[key] = {**settings.get(key, {}), **value}
             else:
                 settings[key] = value
+        self.topic_prefix: str = settings.get("kafka", {}).get("topic_prefix", "")
         root.mkdir(parents=True, exist_ok=True)
         self.config_file = root / "tillstream.yaml"
         self.config_file.write_text(yaml.safe_dump(settings), encoding="utf-8")

@@ -63,11 +63,11 @@ def _configure_logging(level: str) -> None:
 
 def _summary(settings: Settings, runtime: Any) -> str:
     kafka = runtime.bootstrap_servers + (" (embedded)" if settings.embedded_broker else "")
-    producers = "on" if runtime.idempotent else "off"
+    exactly_once = "on" if runtime.exactly_once else "off"
     components = set(runtime.components)
     lines = [
         f"tillstream {' + '.join(sorted(components))} is running",
-        f"  kafka       {kafka}, idempotent producers {producers}",
+        f"  kafka       {kafka}, exactly-once {exactly_once}",
     ]
     if components & {"watch", "poll", "sink"}:
         lines.append(f"  clickhouse  {settings.clickhouse_url}")
@@ -105,10 +105,15 @@ async def _run(settings: Settings, components: frozenset[Any]) -> None:
 
 
 def _command_run(settings: Settings, args: argparse.Namespace) -> int:
+    from processors.transactions import WorkerFencedError
     from tillstream.runtime import ALL_COMPONENTS, Component
 
     components = ALL_COMPONENTS if args.command == "up" else frozenset({Component(args.command)})
-    asyncio.run(_run(settings, components))
+    try:
+        asyncio.run(_run(settings, components))
+    except WorkerFencedError as exc:
+        print(f"tillstream: error: {exc}; restart to resume from the commits", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -19,10 +19,11 @@ from typing import Any
 
 import faust
 
-from processors.app import build_app
+from processors.app import build_app, worker_group_id
 from processors.cleaning_process import CleaningProcess
 from processors.corrections import CorrectionIntake
 from processors.state import restore_changelogs
+from processors.transactions import Transactions
 from producers.file_ingest import FileIngestor
 from producers.poller import Poller
 from producers.publisher import KafkaPublisher
@@ -97,7 +98,7 @@ class Runtime:
         self.topics = Topics.from_config(settings.kafka)
         self.bootstrap_servers = settings.kafka.bootstrap_servers
         self.api_url = ""
-        self.idempotent = False
+        self.exactly_once = False
         self.ready = asyncio.Event()
         self._stack = _Stack()
         self._tasks: dict[Component, asyncio.Task[Any]] = {}
@@ -147,11 +148,11 @@ class Runtime:
             await wait_for_metadata(self.bootstrap_servers, security=self._security)
         await ensure_topics(self.bootstrap_servers, settings.kafka, self.topics.all())
 
-        self.idempotent = await self._idempotence()
+        self.exactly_once = await self._exactly_once()
         publisher = KafkaPublisher(
             self.bootstrap_servers,
             settings.kafka.client_id,
-            idempotent=self.idempotent,
+            idempotent=self.exactly_once,
             security=self._security,
         )
         await publisher.start()
@@ -182,8 +183,15 @@ class Runtime:
             cleaning = CleaningProcess(settings.cleaning, settings.kafka.partitions)
             self._stack.stops.append(cleaning.stop)
             await cleaning.start()
+            transactions = Transactions(
+                publisher,
+                worker_group_id(settings),
+                self._transactional_publisher if self.exactly_once else None,
+            )
+            self._stack.stops.append(transactions.stop)
+            self._tasks[Component.WORKER] = asyncio.ensure_future(transactions.fenced)
             app, tables = build_app(
-                settings, self.bootstrap_servers, self.topics, publisher, cleaning
+                settings, self.bootstrap_servers, self.topics, transactions, cleaning
             )
             # Before the consumer starts: a new group whose first metadata lacks a
             # changelog topic leaves it out of the assignment, and the table's agent
@@ -221,14 +229,22 @@ class Runtime:
         probe = DependencyProbe(
             self.bootstrap_servers,
             self._database,
-            f"{self.settings.kafka.group_prefix}-worker" if worker else None,
+            worker_group_id(self.settings) if worker else None,
             [self.topics.raw.name, self.topics.validated.name],
             security=self._security,
         )
         await probe.start()
         self._stack.stops.append(probe.stop)
 
-    async def _idempotence(self) -> bool:
+    def _transactional_publisher(self, transactional_id: str) -> KafkaPublisher:
+        return KafkaPublisher(
+            self.bootstrap_servers,
+            self.settings.kafka.client_id,
+            transactional_id=transactional_id,
+            security=self._security,
+        )
+
+    async def _exactly_once(self) -> bool:
         mode = self.settings.kafka.exactly_once
         if mode == "auto":
             return await supports_idempotence(self.bootstrap_servers, self._security)
@@ -259,6 +275,7 @@ class Runtime:
             self.settings.kafka.rebalance_timeout_seconds,
             on_sources_done=self._sources_done,
             kafka_security=self._security,
+            read_committed=self.exactly_once,
         )
         task = asyncio.create_task(sink.run(), name="sink")
         self._tasks[Component.SINK] = task

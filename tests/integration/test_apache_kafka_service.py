@@ -16,6 +16,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from tests.kafka_reading import read_to_end
 from tests.services.apache_kafka import ApacheKafka
 
 pytestmark = [
@@ -75,20 +76,6 @@ async def _produce_transactions(
         await producer.stop()
 
 
-async def _read_to_end(consumer: AIOKafkaConsumer) -> list[ConsumerRecord[bytes, bytes]]:
-    """Everything up to the end offsets: the position also passes transaction markers."""
-    records: list[ConsumerRecord[bytes, bytes]] = []
-    while len(consumer.assignment()) < PARTITIONS:
-        for batch in (await consumer.getmany(timeout_ms=100)).values():
-            records.extend(batch)
-    partitions = sorted(consumer.assignment())
-    end = await consumer.end_offsets(partitions)
-    while any([await consumer.position(tp) < end[tp] for tp in partitions]):
-        for batch in (await consumer.getmany(timeout_ms=500)).values():
-            records.extend(batch)
-    return records
-
-
 async def _consume(
     bootstrap: str, topic: str, isolation_level: str, group_id: str | None
 ) -> list[ConsumerRecord[bytes, bytes]]:
@@ -105,7 +92,7 @@ async def _consume(
         consumer.subscribe([topic])
     await consumer.start()
     try:
-        records = await _read_to_end(consumer)
+        records = await read_to_end(consumer, PARTITIONS)
         if group_id is not None:
             await consumer.commit()
         return records

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+from collections import Counter
 from pathlib import Path
 
 import pytest
 
 from tests.integration.test_aggregates import assert_aggregates_match_sales
 from tests.integration.test_end_to_end import assert_file_ends_at_truth, assert_matches_truth
+from tests.kafka_reading import read_committed
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
+from tillstream.settings import KafkaConfig
 
 pytestmark = pytest.mark.integration
 
@@ -40,6 +44,24 @@ def test_a_second_worker_shares_the_work_and_its_sigkill_loses_nothing(
 
     assert_file_ends_at_truth(pipeline, source.name, truth)
     assert_aggregates_match_sales(pipeline)
+
+    # Exactly once on the topics too: a consumer of committed messages sees each row
+    # once, though the dead worker's unfinished chunks were processed again.
+    partitions = KafkaConfig().partitions
+    published = {
+        topic: Counter(
+            record.key
+            for record in asyncio.run(
+                read_committed(kafka_bootstrap, pipeline.topic_prefix + topic, partitions)
+            )
+        )
+        for topic in ("sales.clean", "sales.dlq", "sales.duplicates")
+    }
+    assert len(published["sales.clean"]) == truth.valid
+    assert len(published["sales.dlq"]) == sum(truth.rejected.values())
+    assert len(published["sales.duplicates"]) == truth.duplicates
+    repeated = {t: sum(keys.values()) - len(keys) for t, keys in published.items()}
+    assert repeated == dict.fromkeys(published, 0)
 
 
 def test_replaying_the_raw_topic_into_a_fresh_worker_group_adds_nothing(
