@@ -12,7 +12,8 @@ Kafka's original scheme for consume-transform-produce: the worker a partition mo
 fences off the previous owner's producer, so a stalled worker cannot commit work that
 is another's now, and its open transaction is aborted at once. (aiokafka's offset
 commits carry no group generation, which the newer one-producer scheme relies on.)
-A fenced worker stops: its in-memory tables hold changes that were never committed.
+A fenced worker stops, to restart from what is committed: the partition is not its
+own any more, and a new producer of its own would fence the rightful owner in turn.
 
 Off (the embedded broker grants no producer ids), the shared publisher sends and Faust
 commits the offsets afterwards: at least once.
@@ -114,7 +115,7 @@ class Transactions:
                 raise
 
     async def take_over(self, tps: Iterable[TP]) -> None:
-        """Take over assigned input partitions now: a producer's start aborts what the
+        """Take over assigned input partitions now: starting a producer aborts what the
         previous owner left open, which holds up committed reads until it times out."""
         if self._transactional is None:
             return
