@@ -27,7 +27,7 @@ __all__ = [
     "BrokerError",
     "EmbeddedBroker",
     "free_port",
-    "supports_idempotence",
+    "supports_transactions",
     "wait_for_metadata",
 ]
 
@@ -67,12 +67,14 @@ async def wait_for_metadata(
     )
 
 
-async def supports_idempotence(
-    bootstrap_servers: str, security: Mapping[str, Any] | None = None
+async def supports_transactions(
+    bootstrap_servers: str, transactional_id: str, security: Mapping[str, Any] | None = None
 ) -> bool:
-    """Whether the broker grants producer ids (InitProducerId); the embedded one refuses."""
+    """Whether the broker grants a producer id for `transactional_id` (InitProducerId
+    through its transaction coordinator, and on a secured cluster the right to use that
+    id); the embedded one refuses."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers, enable_idempotence=True, **(security or {})
+        bootstrap_servers=bootstrap_servers, transactional_id=transactional_id, **(security or {})
     )
     sender_log = logging.getLogger("aiokafka.producer.sender")
     level = sender_log.level

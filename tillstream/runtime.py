@@ -35,7 +35,7 @@ from sinks.database import Database
 from sinks.history import HistoryEntry, IngestionHistory
 from sinks.schema import migrate
 from tillstream import metrics
-from tillstream.broker import EmbeddedBroker, supports_idempotence, wait_for_metadata
+from tillstream.broker import EmbeddedBroker, supports_transactions, wait_for_metadata
 from tillstream.http_api import HttpApi, read_api_url
 from tillstream.kafka_security import client_options
 from tillstream.notifications import Notifier, notices_for
@@ -246,14 +246,17 @@ class Runtime:
 
     async def _exactly_once(self) -> bool:
         mode = self.settings.kafka.exactly_once
-        if mode == "auto":
-            return await supports_idempotence(self.bootstrap_servers, self._security)
-        if mode == "on" and not await supports_idempotence(self.bootstrap_servers, self._security):
+        if mode == "off":
+            return False
+        # An id under the workers' own prefix, which a secured cluster's ACLs allow them.
+        probe = f"{worker_group_id(self.settings)}-probe"
+        granted = await supports_transactions(self.bootstrap_servers, probe, self._security)
+        if mode == "on" and not granted:
             raise ConfigError(
                 "invalid setting kafka.exactly_once: 'on', but the broker at "
-                f"{self.bootstrap_servers} refuses idempotent producers"
+                f"{self.bootstrap_servers} refuses transactional producers"
             )
-        return mode == "on"
+        return granted
 
     async def _open_database(self) -> Database:
         database = Database(self.settings.clickhouse_url, self.settings.clickhouse)

@@ -55,12 +55,20 @@ def assert_file_ends_at_truth(
 
 
 def test_a_file_written_in_pieces_lands_exactly_once_with_its_ground_truth(
-    pipeline: Pipeline, tmp_path: Path
+    pipeline: Pipeline, tmp_path: Path, kafka_bootstrap: str
 ) -> None:
     source = tmp_path / "sales.csv"
     truth = generate_sales(source, 50_000, seed=7)
     content = source.read_bytes()
     pipeline.start()
+
+    # `kafka.exactly_once: auto` finds transactions on Apache Kafka, and none embedded.
+    def summary_line() -> str | None:
+        lines = pipeline.log_file.read_text().splitlines()
+        return next((line for line in lines if "exactly-once" in line), None)
+
+    summary = pipeline.wait_for(summary_line, 30, "the start-up summary")
+    assert summary.endswith("exactly-once on" if kafka_bootstrap else "exactly-once off")
 
     partial = pipeline.inbox / "sales.csv.part"
     half = len(content) // 2
