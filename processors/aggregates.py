@@ -45,7 +45,6 @@ __all__ = [
     "mask_windows",
     "sale_facts",
     "update_messages",
-    "window_keys",
     "window_bounds",
 ]
 
@@ -253,19 +252,18 @@ def _folded_offset(totals: Totals) -> int:
     return totals[6] if len(totals) > 6 else -1
 
 
-def window_keys(state: Mapping[str, list[int]], partition: int) -> list[str]:
-    """The keys of this partition's open windows (not its marker)."""
-    prefix = f"{partition}|"
-    return [key for key in state if key.startswith(prefix) and not key.endswith(MARKER)]
-
-
 def evict_closed(
     state: MutableMapping[str, list[int]], partition: int, watermark_ms: int, lateness_ms: int
 ) -> list[str]:
     """Drop this partition's windows that no sale can reopen (their final values
     were emitted when they last changed); return their keys."""
+    prefix = f"{partition}|"
     closed = [
-        key for key in window_keys(state, partition) if state[key][5] + lateness_ms <= watermark_ms
+        key
+        for key, totals in list(state.items())
+        if key.startswith(prefix)
+        and not key.endswith(MARKER)
+        and totals[5] + lateness_ms <= watermark_ms
     ]
     for key in closed:
         del state[key]

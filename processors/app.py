@@ -10,11 +10,11 @@ outputs and its input offset are committed in one Kafka transaction; off, they a
 published before Faust commits the input offset, so a crash re-delivers rather
 than loses.
 
-The dedupe agent publishes its outputs first, then the aggregates changelog
-(with the partition's marker), then the `seen` changelog; with exactly-once on,
-the changelogs come first and the outputs after them. A crash between any two
-leaves state that the re-delivered message recognises (docs/architecture.md,
-"Aggregates"), so no sale is folded twice or lost.
+The dedupe agent publishes its outputs first, then the aggregate updates, the
+aggregates changelog (with the partition's marker) and the `seen` changelog; with
+exactly-once on, those three come first and the other outputs after them, in the
+transaction. A crash between any two leaves state that the re-delivered message
+recognises (docs/architecture.md, "Aggregates"), so no sale is folded twice or lost.
 """
 
 from __future__ import annotations
@@ -37,7 +37,6 @@ from processors.aggregates import (
     late_masks,
     sale_facts,
     update_messages,
-    window_keys,
 )
 from processors.anomalies import RevenueBaseline, anomaly_message
 from processors.chunks import decode_validated
@@ -108,14 +107,10 @@ def build_app(
     app.offsets_in_transactions = transactions.enabled
     raw_topic = app.topic(topics.raw.name, key_serializer="raw", value_serializer="raw")
     validated_topic = app.topic(topics.validated.name, key_serializer="raw", value_serializer="raw")
-    validated = topics.validated.name
-    inputs = {topics.raw.name, validated}
-    resent: set[int] = set()
-    """Partitions whose totals were sent again after a crash (see `deduplicate`)."""
+    inputs = {topics.raw.name, topics.validated.name}
 
     @app.on_partitions_revoked.connect
     async def let_go(_: faust.App, revoked: set[TP], **__: object) -> None:
-        resent.difference_update(tp.partition for tp in revoked if tp.topic == validated)
         await transactions.drop(revoked)
 
     @app.on_partitions_assigned.connect
@@ -198,13 +193,6 @@ def build_app(
                 anomalies = [anomaly_message(a, source, now) for a in baseline.score(facts)]
                 for bit, window in enumerate(WINDOWS):
                     metrics.WORKER_LATE_SALES.labels(window).inc(int((masks >> bit & 1).sum()))
-            elif not first_time and partition not in resent:
-                # Folded before a crash, its updates maybe never sent: send the
-                # partition's totals again, once (see "Exactly once per order").
-                resent.add(partition)
-                updates = update_messages(
-                    aggregates.entries, window_keys(aggregates.entries, partition)
-                )
             if _due(evicted_at, partition, _EVICTION_INTERVAL_SECONDS):
                 evict(partition)
             if _due(expired_at, partition, _EXPIRY_INTERVAL_SECONDS):
@@ -214,17 +202,17 @@ def build_app(
                 {
                     topics.clean.name: clean,
                     topics.duplicates.name: sorted_out.duplicates,
-                    topics.aggregates.name: updates,
                     topics.anomalies.name: anomalies,
                 },
                 (topics.dlq.name, sorted_out.dead_letters),
+                (topics.aggregates.name, updates),
                 [
                     (aggregates.changelog_topic_name, aggregates.take_changelog()),
                     (seen.changelog_topic_name, seen.take_changelog()),
                 ],
             )
             await transactions.deliver(
-                event.message.tp, offset, outputs.publish, outputs.publish_changelogs
+                event.message.tp, offset, outputs.publish, outputs.publish_state
             )
             metrics.WORKER_ROWS.labels("dedupe", "clean").inc(len(clean))
             metrics.WORKER_ROWS.labels("dedupe", "conflict").inc(len(sorted_out.dead_letters))
@@ -256,10 +244,11 @@ class _Outputs:
     can send it again."""
 
     messages: dict[str, list[Message]]
-    """Topic -> messages: sent together, one round trip to the broker, not five."""
+    """Topic -> messages: sent together, one round trip to the broker, not four."""
     dead_letters: tuple[str, list[Message]]
+    updates: tuple[str, list[Message]]
+    """The aggregate updates: absolute and versioned, so sent with the state."""
     changelogs: list[tuple[str, list[Message]]]
-    """The tables' changes, one after another (see "Exactly once per order")."""
 
     async def publish(self, publisher: KafkaPublisher) -> None:
         dlq_topic, dead_letters = self.dead_letters
@@ -268,7 +257,12 @@ class _Outputs:
             publish_fitting(publisher, dlq_topic, dead_letters, SCHEMA_HEADERS, shrink_dead_letter),
         )
 
-    async def publish_changelogs(self, publisher: KafkaPublisher) -> None:
+    async def publish_state(self, publisher: KafkaPublisher) -> None:
+        """The aggregate updates, then the changelogs one after another (see "Exactly
+        once per order"): the updates go before the aggregates changelog that holds
+        them, so that a message found folded after a crash has had its updates sent."""
+        topic, updates = self.updates
+        await publisher.publish(topic, updates, SCHEMA_HEADERS)
         for topic, changelog in self.changelogs:
             await publisher.publish(topic, changelog, compressed=True)
 

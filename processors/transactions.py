@@ -63,24 +63,24 @@ class Transactions:
         return self._transactional is not None
 
     async def deliver(
-        self, tp: TP, offset: int, outputs: Publish, changelogs: Publish | None = None
+        self, tp: TP, offset: int, outputs: Publish, state: Publish | None = None
     ) -> None:
-        """Publish an event's outputs and then the tables' changelogs it made, through
-        the shared publisher (Faust commits the offset later); or, when on, the
-        changelogs first and then the outputs with the offset in one transaction.
+        """Publish an event's outputs and then its `state` (the tables' changelogs),
+        through the shared publisher (Faust commits the offset later); or, when on,
+        the state first and then the outputs with the offset in one transaction.
 
-        The changelogs stay out of the transaction: a transaction ends each partition
-        it wrote with a marker that committed reads skip, and Faust's table recovery
-        waits to read a changelog's last offset. Written first, the tables are never
-        behind the committed offsets; a crash before the commit leaves them ahead,
-        which the agents recognise when the event comes again, as after any crash."""
+        The state stays out of the transaction: a transaction ends each partition it
+        wrote with a marker that committed reads skip, and Faust's table recovery waits
+        to read a changelog's last offset. Written first, the tables are never behind
+        the committed offsets; a crash before the commit leaves them ahead, which the
+        agents recognise when the event comes again, as after any crash."""
         if self._transactional is None:
             await outputs(self._shared)
-            if changelogs is not None:
-                await changelogs(self._shared)
+            if state is not None:
+                await state(self._shared)
             return
-        if changelogs is not None:
-            await changelogs(self._shared)
+        if state is not None:
+            await state(self._shared)
         offsets = {TopicPartition(tp.topic, tp.partition): offset + 1}
         delay = 0.1
         while True:
