@@ -65,7 +65,8 @@ class Transactions:
     async def deliver(
         self, tp: TP, offset: int, outputs: Publish, state: Publish | None = None
     ) -> None:
-        """Publish an event's outputs and then its `state` (the tables' changelogs),
+        """Publish an event's outputs and then its `state` (what it changed in the
+        tables: their changelogs, and the aggregate updates that go before them),
         through the shared publisher (Faust commits the offset later); or, when on,
         the state first and then the outputs with the offset in one transaction.
 
