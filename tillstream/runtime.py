@@ -101,7 +101,8 @@ class Runtime:
         self.exactly_once = False
         self.ready = asyncio.Event()
         self._stack = _Stack()
-        self._tasks: dict[Component, asyncio.Task[Any]] = {}
+        self._tasks: dict[Component, asyncio.Future[Any]] = {}
+        """What each component runs; any of them ending ends `run`."""
         self._app: faust.App | None = None
         self._ingestor: FileIngestor | None = None
         self._poll_sources: SourcePublisher | None = None
@@ -189,7 +190,7 @@ class Runtime:
                 self._transactional_publisher if self.exactly_once else None,
             )
             self._stack.stops.append(transactions.stop)
-            self._tasks[Component.WORKER] = asyncio.ensure_future(transactions.fenced)
+            self._tasks[Component.WORKER] = transactions.fenced
             app, tables = build_app(
                 settings, self.bootstrap_servers, self.topics, transactions, cleaning
             )
