@@ -168,7 +168,7 @@ def build_app(
             now = datetime.now(UTC)
             message = decode_validated(event.value)
             source = message.source
-            sorted_out = classify(source, message.sales, seen.entries, now)
+            sorted_out = classify(message, seen.entries, now)
             marker = Marker.load(aggregates.entries, partition)
             first_time = offset > marker.offset
             facts = sale_facts(message, sorted_out.new)
@@ -178,7 +178,7 @@ def build_app(
                 marker.watermark_ms if first_time else marker.watermark_before_ms,
                 lateness_ms,
             )
-            accepted, entries = accept(source, sorted_out.new, masks.tolist(), seen.entries, now)
+            accepted, entries = accept(message, sorted_out.new, masks.tolist(), seen.entries, now)
             seen.record(entries)
             updates: list[Message] = []
             anomalies: list[Message] = []

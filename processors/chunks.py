@@ -37,7 +37,6 @@ __all__ = [
     "FACT_COLUMNS",
     "CleanedChunk",
     "ValidatedMessage",
-    "ValidatedSale",
     "clean_chunk",
     "dead_letter",
     "decimal_text",
@@ -68,25 +67,19 @@ column-wise in each `sales.validated` message, so that dedupe need not parse eve
 clean value again."""
 
 
-@dataclass(slots=True)
-class ValidatedSale:
-    """A clean row on its way to dedupe: its identity, its message, and the row as received.
-    Not frozen, as one is made per row (see `Message`)."""
-
-    order_id: str
-    fingerprint: str
-    line: int
-    clean_json: str
-    original_json: str
-    """The row as received, a JSON object: what a conflict's dead letter carries."""
-    position: int
-    """Its place in its message, and so in the message's facts."""
-
-
 @dataclass(frozen=True, slots=True)
 class ValidatedMessage:
+    """A `sales.validated` message, column by column: dedupe takes hundreds of sales at
+    a time, and an object per sale cost more than deduplicating it."""
+
     source: SourceRef
-    sales: list[ValidatedSale]
+    order_ids: list[str]
+    fingerprints: list[str]
+    lines: list[int]
+    clean_values: list[bytes]
+    """The `sales.clean` value of each sale, but for the windows it was late for."""
+    originals: list[bytes]
+    """Each row as received, a JSON object: what a conflict's dead letter carries."""
     facts: dict[str, list[Any]] | None
     """FACT_COLUMNS of every sale, in message order; None in a message written before
     versions carried them (its sales' facts are in their clean values)."""
@@ -414,14 +407,19 @@ def validated_value(
 def decode_validated(value: bytes) -> ValidatedMessage:
     """A `sales.validated` message: a JSON header line, then one line per sale of
     tab-separated fields (JSON escapes every tab and newline inside them)."""
-    header_line, *lines = value.decode().split("\n")
-    sales = []
-    for position, text in enumerate(lines):
-        order_id, fingerprint, line, clean_json, original_json = text.split("\t", 4)
+    header_line, *lines = value.split(b"\n")
+    fields = [line.split(b"\t", 4) for line in lines]
+    order_ids, fingerprints, numbers, clean_values, originals = (
+        zip(*fields, strict=True) if fields else ((), (), (), (), ())
+    )
+    header = decode(header_line)
+    return ValidatedMessage(
+        SourceRef(**header["source"]),
         # A JSON string without escapes is its text in quotes: no need to parse most ids.
-        order_id = decode(order_id) if "\\" in order_id else order_id[1:-1]
-        sales.append(
-            ValidatedSale(order_id, fingerprint, int(line), clean_json, original_json, position)
-        )
-    header = decode(header_line.encode())
-    return ValidatedMessage(SourceRef(**header["source"]), sales, header.get("facts"))
+        [decode(text) if b"\\" in text else text[1:-1].decode() for text in order_ids],
+        [fingerprint.decode() for fingerprint in fingerprints],
+        [int(number) for number in numbers],
+        list(clean_values),
+        list(originals),
+        header.get("facts"),
+    )

@@ -14,25 +14,29 @@ and is quarantined.
 from __future__ import annotations
 
 import functools
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import repeat
 
 from processors.aggregates import mask_windows
-from processors.chunks import ValidatedSale, dead_letter, isoformat
+from processors.chunks import ValidatedMessage, dead_letter, isoformat
 from producers.publisher import Message, partitions_for
-from tillstream.records import SCHEMA_VERSION, ReasonCode, SourceRef, decode, encode
+from tillstream.records import SCHEMA_VERSION, ReasonCode, decode, encode
 
-__all__ = ["Classified", "SeenEntry", "accept", "classify", "expire"]
+__all__ = ["Classified", "SeenEntry", "accept", "classify", "clean_message", "expire"]
 
-SeenEntry = list[str | int]
-"""[fingerprint, source id, line, late-window mask, first seen (epoch seconds)]."""
+SeenEntry = Sequence[str | int]
+"""(fingerprint, source id, line, late-window mask, first seen in epoch seconds). A
+tuple when accepted here, which the garbage collector stops tracking (there is one per
+order remembered); a list when restored from the changelog's JSON."""
 
 
 @dataclass
 class Classified:
-    new: list[ValidatedSale] = field(default_factory=list)
-    """First deliveries: not yet in `seen`, to be judged and then accepted."""
+    new: list[int] = field(default_factory=list)
+    """Positions in the message of first deliveries: not yet in `seen`, to be judged
+    and then accepted."""
     clean: list[Message] = field(default_factory=list)
     """Redeliveries of an accepted row, passed on again as they were accepted."""
     dead_letters: list[Message] = field(default_factory=list)
@@ -40,51 +44,65 @@ class Classified:
 
 
 def classify(
-    source: SourceRef,
-    sales: list[ValidatedSale],
-    seen: MutableMapping[str, SeenEntry],
-    now: datetime,
+    message: ValidatedMessage, seen: MutableMapping[str, SeenEntry], now: datetime
 ) -> Classified:
     output = Classified()
-    first_here: dict[str, ValidatedSale] = {}
-    for sale in sales:
-        accepted = seen.get(sale.order_id)
+    source = message.source
+    first_here: dict[str, int] = {}
+    for position, (order_id, accepted) in enumerate(
+        zip(message.order_ids, map(seen.get, message.order_ids), strict=True)
+    ):
         if accepted is None:
-            earlier = first_here.get(sale.order_id)
-            if earlier is None:
-                first_here[sale.order_id] = sale
-                output.new.append(sale)
+            earlier = first_here.setdefault(order_id, position)
+            if earlier == position:
+                output.new.append(position)
                 continue
-            accepted = [earlier.fingerprint, source.id, earlier.line, 0, 0]
+            accepted = (message.fingerprints[earlier], source.id, message.lines[earlier], 0, 0)
         fingerprint, first_source, first_line, late_mask, _ = accepted
-        if first_source == source.id and first_line == sale.line:
-            output.clean.append(clean_message(sale, int(late_mask)))
-        elif fingerprint == sale.fingerprint:
+        if first_source == source.id and first_line == message.lines[position]:
+            output.clean.append(
+                clean_message(order_id, message.clean_values[position], int(late_mask))
+            )
+        elif fingerprint == message.fingerprints[position]:
             output.duplicates.append(
-                _duplicate(source, sale, str(first_source), int(first_line), now)
+                _duplicate(message, position, str(first_source), int(first_line), now)
             )
         else:
-            output.dead_letters.append(_conflict(source, sale, str(first_source), first_line, now))
+            output.dead_letters.append(
+                _conflict(message, position, str(first_source), first_line, now)
+            )
     return output
 
 
 def accept(
-    source: SourceRef,
-    new: list[ValidatedSale],
+    message: ValidatedMessage,
+    new: list[int],
     late_masks: list[int],
     seen: MutableMapping[str, SeenEntry],
     now: datetime,
 ) -> tuple[list[Message], list[tuple[str, SeenEntry]]]:
     """Remember first deliveries with the windows they were late for; their
     `sales.clean` messages, and the entries added (what the changelog must record)."""
-    first_seen = int(now.timestamp())
-    messages = []
-    entries: list[tuple[str, SeenEntry]] = []
-    for sale, mask in zip(new, late_masks, strict=True):
-        entry: SeenEntry = [sale.fingerprint, source.id, sale.line, int(mask), first_seen]
-        seen[sale.order_id] = entry
-        entries.append((sale.order_id, entry))
-        messages.append(clean_message(sale, int(mask)))
+    order_ids = [message.order_ids[position] for position in new]
+    entries: list[tuple[str, SeenEntry]] = list(
+        zip(
+            order_ids,
+            zip(
+                [message.fingerprints[position] for position in new],
+                repeat(message.source.id),
+                [message.lines[position] for position in new],
+                late_masks,
+                repeat(int(now.timestamp())),
+                strict=False,  # the repeats are endless
+            ),
+            strict=True,
+        )
+    )
+    seen.update(entries)
+    messages = [
+        clean_message(order_id, message.clean_values[position], mask)
+        for order_id, position, mask in zip(order_ids, new, late_masks, strict=True)
+    ]
     return messages, entries
 
 
@@ -101,50 +119,55 @@ def expire(
     return expired
 
 
-def clean_message(sale: ValidatedSale, late_mask: int) -> Message:
+def clean_message(order_id: str, clean_value: bytes, late_mask: int) -> Message:
     """The `sales.clean` message: the cleaned row plus the windows it was late for."""
-    value = f'{sale.clean_json[:-1]},"late_windows":{_late_windows_json(late_mask)}}}'
-    return Message(sale.order_id.encode(), value.encode())
+    return Message(order_id.encode(), clean_value[:-1] + _late_windows_field(late_mask))
 
 
 @functools.cache
-def _late_windows_json(mask: int) -> str:
+def _late_windows_field(mask: int) -> bytes:
     """A few masks for millions of rows: each one's JSON is made once."""
-    return encode(mask_windows(mask)).decode()
+    return b',"late_windows":' + encode(mask_windows(mask)) + b"}"
 
 
 def _conflict(
-    source: SourceRef, sale: ValidatedSale, first_source: str, first_line: str | int, now: datetime
+    message: ValidatedMessage,
+    position: int,
+    first_source: str,
+    first_line: str | int,
+    now: datetime,
 ) -> Message:
+    order_id = message.order_ids[position]
     return dead_letter(
-        source,
-        sale.line,
-        sale.original_json,
+        message.source,
+        message.lines[position],
+        message.originals[position].decode(),
         [ReasonCode.CONFLICTING_DUPLICATE],
         {
-            "order_id": f"order {sale.order_id!r} was first received with other "
+            "order_id": f"order {order_id!r} was first received with other "
             f"content (source {first_source[:12]}, line {first_line})"
         },
         now,
         extra={
             "conflict_with": {"source_id": first_source, "line": first_line},
-            "cleaned": decode(sale.clean_json.encode()),
+            "cleaned": decode(message.clean_values[position]),
         },
     )
 
 
 def _duplicate(
-    source: SourceRef, sale: ValidatedSale, first_source: str, first_line: int, now: datetime
+    message: ValidatedMessage, position: int, first_source: str, first_line: int, now: datetime
 ) -> Message:
+    source, order_id = message.source, message.order_ids[position]
     value = {
         "schema_version": SCHEMA_VERSION,
-        "order_id": sale.order_id,
+        "order_id": order_id,
         "source": source.name,
         "source_kind": source.kind,
         "source_id": source.id,
-        "line": sale.line,
+        "line": message.lines[position],
         "duplicate_of_source_id": first_source,
         "duplicate_of_line": first_line,
         "detected_at": isoformat(now),
     }
-    return Message(sale.order_id.encode(), encode(value))
+    return Message(order_id.encode(), encode(value))

@@ -57,11 +57,11 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
         report.rows += len(chunk.rows) + len(chunk.unparseable)
         _count_dead_letters(report, cleaned.dead_letters)
         for message in cleaned.validated:
-            sales = decode_validated(message.value).sales
-            unknown = [sale.order_id for sale in sales if sale.order_id not in seen]
+            validated = decode_validated(message.value)
+            unknown = [order_id for order_id in validated.order_ids if order_id not in seen]
             seen.update(await known_orders(unknown))
-            output = classify(source, sales, seen, now)
-            accept(source, output.new, [0] * len(output.new), seen, now)
+            output = classify(validated, seen, now)
+            accept(validated, output.new, [0] * len(output.new), seen, now)
             report.valid += len(output.clean) + len(output.new)
             report.duplicates += len(output.duplicates)
             _count_dead_letters(report, output.dead_letters)

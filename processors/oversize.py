@@ -166,14 +166,13 @@ def _halve_validated(unsendable: list[Message], now: datetime, message: Message)
     a `message_too_large` dead letter, added to `unsendable`."""
     value = message.value or b""
     decoded = decode_validated(value)
-    source, sales = decoded.source, decoded.sales
-    if len(sales) == 1:
-        [sale] = sales
+    source = decoded.source
+    if len(decoded.lines) == 1:
         unsendable.append(
             dead_letter(
                 source,
-                sale.line,
-                json.dumps(sale.original_json[:MAX_ORIGINAL_CHARS], ensure_ascii=False),
+                decoded.lines[0],
+                json.dumps(decoded.originals[0].decode()[:MAX_ORIGINAL_CHARS], ensure_ascii=False),
                 [ReasonCode.MESSAGE_TOO_LARGE],
                 {
                     "row": f"{len(value)} bytes once cleaned, more than the broker takes; "

@@ -12,7 +12,8 @@ recovery after a restart or a rebalance is Faust's own.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Iterable, Mapping, MutableMapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
+from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
 from typing import Any
 
 import faust
@@ -136,8 +137,25 @@ async def restore_changelogs(
 
 def changelog_message(key: str, value: Any, partition: int) -> Message:
     """What Faust sends for an update of a table with the json codec (None: a delete)."""
-    encoded = None if value is None else json.dumps(value).encode()
-    return Message(json.dumps(key).encode(), encoded, partition)
+    encoded = None if value is None else _json(value).encode()
+    return Message(_json(key).encode(), encoded, partition)
+
+
+_JSON_ATOMS: dict[type, Callable[[Any], str]] = {str: encode_basestring_ascii, int: int.__repr__}
+
+
+def _json(value: Any) -> str:
+    """`json.dumps(value)`, written directly for the keys and the flat rows of text and
+    integers the tables hold: json.dumps costs a microsecond a call in set-up, and dedupe
+    calls it twice for every sale it accepts."""
+    if type(value) is str:
+        return encode_basestring_ascii(value)  # type: ignore[no-any-return]
+    if type(value) in (list, tuple):
+        try:
+            return "[" + ", ".join([_JSON_ATOMS[type(item)](item) for item in value]) + "]"
+        except KeyError:
+            pass
+    return json.dumps(value)
 
 
 async def _has_records(

@@ -208,7 +208,7 @@ def test_facts_from_clean_messages_are_exact_integers() -> None:
             "revenue": "0.07",
             "discount": "0.100000",
         }
-    )
+    ).encode()
     [row] = facts_from_clean([clean]).to_dict("records")
     assert row["sold_at_ms"] == ms("2024-05-06T07:08:09.010")
     assert (row["revenue_cents"], row["discount_ppm"], row["quantity"]) == (7, 100_000, 2)
@@ -235,11 +235,15 @@ def test_the_facts_a_validated_message_carries_are_those_its_clean_values_say(
         for value in clean_chunk(raw, default_rules(), 3, NOW).validated:
             message = decode_validated(value.value or b"")
             assert message.facts is not None
-            sales = [sale for sale, keep in zip(message.sales, kept, strict=False) if keep]
+            positions = [
+                position
+                for position, keep in zip(range(len(message.order_ids)), kept, strict=False)
+                if keep
+            ]
             pd.testing.assert_frame_equal(
-                sale_facts(message, sales),
-                facts_from_clean(sale.clean_json for sale in sales),
+                sale_facts(message, positions),
+                facts_from_clean([message.clean_values[position] for position in positions]),
             )
-            assert sale_facts(replace(message, facts=None), sales).equals(
-                sale_facts(message, sales)
+            assert sale_facts(replace(message, facts=None), positions).equals(
+                sale_facts(message, positions)
             )

@@ -36,9 +36,9 @@ def chunk(
 def clean_values(rows: list[list[str | None]]) -> list[dict[str, object]]:
     cleaned = clean_chunk(chunk(rows), RULES, 4, NOW)
     return [
-        json.loads(sale.clean_json)
+        json.loads(value)
         for message in cleaned.validated
-        for sale in decode_validated(message.value).sales
+        for value in decode_validated(message.value).clean_values
     ]
 
 
@@ -72,9 +72,13 @@ def test_validated_rows_go_to_the_partition_of_their_order_id() -> None:
     cleaned = clean_chunk(chunk(rows), RULES, 4, NOW)
     assert cleaned.valid_rows == 40
     for message in cleaned.validated:
-        sales = decode_validated(message.value).sales
-        assert {partition_for(sale.order_id.encode(), 4) for sale in sales} == {message.partition}
-        assert all(json.loads(sale.original_json)["OrderID"] == sale.order_id for sale in sales)
+        validated = decode_validated(message.value)
+        order_ids = validated.order_ids
+        assert {partition_for(order_id.encode(), 4) for order_id in order_ids} == {
+            message.partition
+        }
+        originals = [json.loads(original)["OrderID"] for original in validated.originals]
+        assert originals == order_ids
 
 
 def test_rejected_and_unparseable_rows_become_dead_letters_with_the_row_as_received() -> None:

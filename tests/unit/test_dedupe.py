@@ -3,7 +3,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-from processors.chunks import ValidatedSale
+from processors.chunks import decode_validated, validated_value
 from processors.dedupe import Classified, SeenEntry, accept, classify, expire
 from producers.publisher import partition_for
 from tillstream.records import CLEAN_FIELDS, SourceRef
@@ -13,27 +13,26 @@ FILE_A = SourceRef("file", "a" * 64, "inbox/a.csv")
 FILE_B = SourceRef("file", "b" * 64, "inbox/b.csv")
 
 
-def sale(order_id: str, fingerprint: str, line: int) -> ValidatedSale:
-    return ValidatedSale(
-        order_id=order_id,
-        fingerprint=fingerprint,
-        line=line,
-        clean_json=json.dumps({"order_id": order_id, "line": line}),
-        original_json=json.dumps({"ID": order_id, "Qty": "1"}),
-        position=0,
+def sale(order_id: str, fingerprint: str, line: int, clean: object = None) -> str:
+    """A sale's line in a `sales.validated` message."""
+    clean = clean or {"order_id": order_id, "line": line}
+    original = {"ID": order_id, "Qty": "1"}
+    return "\t".join(
+        [json.dumps(order_id), fingerprint, str(line), json.dumps(clean), json.dumps(original)]
     )
 
 
 def dedupe(
     source: SourceRef,
-    sales: list[ValidatedSale],
+    sales: list[str],
     seen: dict[str, SeenEntry],
     now: datetime,
     late_mask: int = 0,
 ) -> Classified:
     """Classify, then accept the new sales as the agent does (with one late mask)."""
-    output = classify(source, sales, seen, now)
-    accepted, _ = accept(source, output.new, [late_mask] * len(output.new), seen, now)
+    message = decode_validated(validated_value(source, None, sales))
+    output = classify(message, seen, now)
+    accepted, _ = accept(message, output.new, [late_mask] * len(output.new), seen, now)
     output.clean.extend(accepted)
     return output
 
@@ -43,7 +42,7 @@ def test_first_delivery_of_an_order_is_clean_and_remembered() -> None:
     output = dedupe(FILE_A, [sale("o1", "f1", 2), sale("o2", "f2", 3)], seen, NOW)
     assert [m.key for m in output.clean] == [b"o1", b"o2"]
     assert output.duplicates == [] and output.dead_letters == []
-    assert seen["o1"] == ["f1", FILE_A.id, 2, 0, int(NOW.timestamp())]
+    assert list(seen["o1"]) == ["f1", FILE_A.id, 2, 0, int(NOW.timestamp())]
 
 
 def test_same_content_from_another_place_is_a_duplicate_pointing_at_the_first() -> None:
@@ -68,7 +67,7 @@ def test_same_order_id_with_other_content_is_quarantined_as_conflict() -> None:
     assert value["original"] == {"ID": "o1", "Qty": "1"}
     assert value["conflict_with"] == {"source_id": FILE_A.id, "line": 2}
     assert value["line"] == 40
-    assert seen["o1"][:3] == ["f1", FILE_A.id, 2], "the first delivery keeps the order"
+    assert list(seen["o1"][:3]) == ["f1", FILE_A.id, 2], "the first delivery keeps the order"
 
 
 def test_the_same_row_read_again_after_a_crash_is_passed_on_again() -> None:
@@ -92,7 +91,7 @@ def test_duplicates_within_one_batch_are_seen() -> None:
 def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for() -> None:
     seen: dict[str, SeenEntry] = {}
     row = dict.fromkeys(CLEAN_FIELDS[:-1], "x")
-    late = ValidatedSale("o1", "f1", 2, json.dumps(row), "{}", 0)
+    late = sale("o1", "f1", 2, clean=row)
     [message] = dedupe(FILE_A, [late], seen, NOW, late_mask=0b0011).clean
     assert list(json.loads(message.value)) == list(CLEAN_FIELDS)
     assert json.loads(message.value)["late_windows"] == ["minute", "hour"]

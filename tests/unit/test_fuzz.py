@@ -241,20 +241,25 @@ def test_clean_chunk_classifies_every_row_under_any_headers(
     cleaned = clean_chunk(RawChunk.from_json(chunk.to_json()), RULES, partitions, NOW)
 
     letters = [json.loads(message.value or b"") for message in cleaned.dead_letters]
+    validated = [decode_validated(message.value) for message in cleaned.validated]
     sales = [
-        sale for message in cleaned.validated for sale in decode_validated(message.value).sales
+        (order_id, line, value)
+        for message in validated
+        for order_id, line, value in zip(
+            message.order_ids, message.lines, message.clean_values, strict=True
+        )
     ]
     every_line = chunk.lines + [line for line, _ in chunk.unparseable]
-    assert sorted([letter["line"] for letter in letters] + [sale.line for sale in sales]) == sorted(
-        every_line
+    assert sorted([letter["line"] for letter in letters] + [line for _, line, _ in sales]) == (
+        sorted(every_line)
     )
     assert cleaned.valid_rows == len(sales)
     assert len({letter["id"] for letter in letters}) == len(letters)
     assert all(letter["reasons"] for letter in letters)
     assert sum(cleaned.rejects_by_reason.values()) >= len(letters)
-    for sale in sales:
-        clean = json.loads(sale.clean_json)
-        assert clean["order_id"] == sale.order_id != ""
+    for order_id, _, value in sales:
+        clean = json.loads(value)
+        assert clean["order_id"] == order_id != ""
         assert int(clean["quantity"]) >= 1
 
 
@@ -266,11 +271,9 @@ def _kept_every_value(chunk: RawChunk, partitions: int) -> None:
         for letter in (json.loads(message.value or b"") for message in cleaned.dead_letters)
         if letter["line"] in by_line
     ]
-    originals += [
-        (sale.line, json.loads(sale.original_json))
-        for message in cleaned.validated
-        for sale in decode_validated(message.value).sales
-    ]
+    for message in cleaned.validated:
+        validated = decode_validated(message.value)
+        originals += zip(validated.lines, map(json.loads, validated.originals), strict=True)
     for line, original in originals:
         assert len(original) == len(chunk.columns), (chunk.columns, original)
         assert sorted(original.values(), key=str) == sorted(by_line[line], key=str)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.aggregates import WINDOWS, window_bounds
-from processors.chunks import ValidatedSale, isoformat
+from processors.chunks import isoformat
 from processors.dedupe import clean_message
 from sinks.late_sales import late_windows_touched
 from tillstream.records import encode
@@ -34,8 +34,7 @@ def value(sold_at: datetime, product: str, late_mask: int) -> bytes:
         "product": f'"sold_at":"{product}',
         "category": '"late_windows":["minute"]',
     }
-    sale = ValidatedSale(product, "f" * 16, 2, encode(row).decode(), "{}", 0)
-    return clean_message(sale, late_mask).value or b""
+    return clean_message(product, encode(row), late_mask).value or b""
 
 
 def parsed(values: list[bytes]) -> dict[str, list[int]]:
