@@ -264,7 +264,7 @@ class _Outputs:
         topic, updates = self.updates
         await publisher.publish(topic, updates, SCHEMA_HEADERS)
         for topic, changelog in self.changelogs:
-            await publisher.publish(topic, changelog, compressed=True)
+            await publisher.publish(topic, changelog)
 
 
 def _due(last_run: dict[int, float], partition: int, interval_seconds: float) -> bool:

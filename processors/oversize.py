@@ -70,7 +70,6 @@ async def publish_fitting(
     messages: list[Message],
     headers: Sequence[Header],
     smaller: Callable[[Message], list[Message]],
-    compressed: bool = False,
 ) -> None:
     """Publish, each message too large replaced by `smaller(message)` and sent in its place.
 
@@ -81,18 +80,18 @@ async def publish_fitting(
     """
     messages = _fitted(messages, headers, smaller)
     try:
-        await publisher.publish(topic, messages, headers, compressed=compressed)
+        await publisher.publish(topic, messages, headers)
         return
     except _TOO_LARGE:
         if len(messages) > 1:
             for message in messages:
-                await publish_fitting(publisher, topic, [message], headers, smaller, compressed)
+                await publish_fitting(publisher, topic, [message], headers, smaller)
             return
         replacements = smaller(messages[0])
         if replacements == messages:
             raise
     log.warning("a message too large for %s is sent as %d smaller", topic, len(replacements))
-    await publish_fitting(publisher, topic, replacements, headers, smaller, compressed)
+    await publish_fitting(publisher, topic, replacements, headers, smaller)
 
 
 def shrink_dead_letter(message: Message) -> list[Message]:
@@ -145,7 +144,6 @@ async def publish_cleaned(
                 cleaned.validated,
                 (),
                 partial(_halve_validated, unsendable, now),
-                compressed=True,
             ),
         )
         if unsendable:

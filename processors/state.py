@@ -116,7 +116,6 @@ async def restore_changelogs(
         restored += await publisher.publish(
             seen.changelog_topic_name,
             [changelog_message(*entry) for entry in entries],
-            compressed=True,
         )
         for partition in np.unique(order_partitions):
             mine = order_partitions == partition
@@ -130,7 +129,6 @@ async def restore_changelogs(
     await publisher.publish(
         aggregates.changelog_topic_name,
         [changelog_message(key, value, int(key.split("|", 1)[0])) for key, value in totals.items()],
-        compressed=True,
     )
     return restored
 

@@ -233,7 +233,12 @@ async def _publisher(reader: ResultReader, settings: Settings) -> AsyncIterator[
             "start `tillstream up` or set it"
         )
     security = client_options(settings.kafka) if settings.kafka.bootstrap_servers else {}
-    publisher = KafkaPublisher(bootstrap, settings.kafka.client_id, security=security)
+    publisher = KafkaPublisher(
+        bootstrap,
+        settings.kafka.client_id,
+        security=security,
+        compression=settings.kafka.compression,
+    )
     await publisher.start()
     try:
         yield publisher

@@ -155,6 +155,7 @@ class Runtime:
             settings.kafka.client_id,
             idempotent=self.exactly_once,
             security=self._security,
+            compression=settings.kafka.compression,
         )
         await publisher.start()
         self._stack.stops.append(publisher.stop)
@@ -243,6 +244,7 @@ class Runtime:
             self.settings.kafka.client_id,
             transactional_id=transactional_id,
             security=self._security,
+            compression=self.settings.kafka.compression,
         )
 
     async def _exactly_once(self) -> bool:
@@ -440,7 +442,10 @@ async def run_poller_once(settings: Settings, name: str) -> HistoryEntry:
         security = client_options(settings.kafka)
         await wait_for_metadata(settings.kafka.bootstrap_servers, security=security)
         publisher = KafkaPublisher(
-            settings.kafka.bootstrap_servers, settings.kafka.client_id, security=security
+            settings.kafka.bootstrap_servers,
+            settings.kafka.client_id,
+            security=security,
+            compression=settings.kafka.compression,
         )
         await publisher.start()
         stack.stops.append(publisher.stop)

@@ -37,6 +37,7 @@ __all__ = [
     "CleaningRules",
     "KafkaConfig",
     "ClickHouseConfig",
+    "Compression",
     "WatchConfig",
     "SinkConfig",
     "WorkerConfig",
@@ -53,6 +54,8 @@ __all__ = [
 ]
 
 DEFAULT_RULES_FILE = Path(__file__).with_name("default_rules.yaml")
+
+Compression = Literal["zstd", "none"]
 
 
 class ConfigError(Exception):
@@ -122,6 +125,10 @@ class KafkaConfig(_Frozen):
     topic_prefix: str = ""
     """Prepended to every topic name, so several deployments can share a cluster."""
     client_id: str = "tillstream"
+    compression: Compression = "zstd"
+    """The codec of every batch tillstream writes. zstd takes the bytes through the broker
+    (and the embedded broker's memory) down to about a third; `none` is for consumers
+    whose client has no zstd codec."""
     exactly_once: Literal["auto", "on", "off"] = "auto"
     """Idempotent producers (no duplicates from producer retries). `auto` turns them on
     when the broker grants a producer id: Apache Kafka does, the embedded broker does not."""

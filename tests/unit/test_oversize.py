@@ -37,7 +37,6 @@ class TopicRecorder:
         topic: str,
         messages: list[Message],
         headers: Sequence[tuple[str, bytes]] = (),
-        compressed: bool = False,
     ) -> int:
         self.sent.setdefault(topic, []).extend(messages)
         return len(messages)
@@ -88,7 +87,6 @@ class Refusing(TopicRecorder):
         topic: str,
         messages: list[Message],
         headers: Sequence[tuple[str, bytes]] = (),
-        compressed: bool = False,
     ) -> int:
         raise TopicAuthorizationFailedError()
 
