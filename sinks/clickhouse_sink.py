@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -60,15 +59,6 @@ class _Batch:
     @property
     def rows(self) -> int:
         return sum(len(values) for values in self.values.values())
-
-
-def dedup_token(table: str, block: bytes) -> str:
-    """The same rows in the same order always give the same token; `block` is the rows
-    joined by newlines, as inserted."""
-    digest = hashlib.blake2b(table.encode(), digest_size=16)
-    digest.update(block)
-    digest.update(b"\n")
-    return digest.hexdigest()
 
 
 class ClickHouseSink:
@@ -209,8 +199,7 @@ class ClickHouseSink:
         """Write a batch; if ClickHouse refuses its content, split it until the
         offending messages are found, write the rest and log each offender."""
         try:
-            block = b"\n".join(values)
-            await self._db.insert_json_rows(table, block, dedup_token(table, block))
+            await self._db.insert_json_rows(table, values)
         except Exception as exc:
             if not is_refused_data(exc):
                 raise

@@ -8,6 +8,7 @@ The same code serves a ClickHouse server (`http://`) and chDB (`chdb://`).
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import random
 import re
@@ -177,20 +178,29 @@ class Database:
 
         return await self.run(query)
 
-    async def insert_json_rows(self, table: str, block: bytes, dedup_token: str) -> None:
-        """Insert newline-separated JSON objects; a repeated token is a no-op."""
-        await self.run(
-            lambda client: client.raw_insert(
+    async def insert_json_rows(self, table: str, rows: list[bytes]) -> None:
+        """Insert JSON objects, one per row. The same rows in the same order give the same
+        deduplication token, so inserting them again is a no-op. They are joined and
+        hashed in the client's thread: hashing lets go of the GIL, and the event loop
+        goes on meanwhile."""
+
+        def insert(client: Client) -> None:
+            block = b"\n".join(rows)
+            token = hashlib.blake2b(table.encode(), digest_size=16)
+            token.update(block)
+            token.update(b"\n")
+            client.raw_insert(
                 f"{self.name}.{table}",
                 insert_block=block,
                 fmt="JSONEachRow",
                 settings={
-                    "insert_deduplication_token": dedup_token,
+                    "insert_deduplication_token": token.hexdigest(),
                     "input_format_skip_unknown_fields": 1,
                     "date_time_input_format": "best_effort",
                 },
             )
-        )
+
+        await self.run(insert)
 
     async def close(self) -> None:
         def close_client() -> None:
