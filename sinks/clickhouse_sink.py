@@ -14,7 +14,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError, KafkaTimeoutError
@@ -33,9 +33,11 @@ from tillstream import metrics
 from tillstream.settings import SinkConfig
 from tillstream.topics import Topics
 
-__all__ = ["ClickHouseSink"]
+__all__ = ["ClickHouseSink", "ScanSchedule"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 MAX_FETCH_BYTES = 16 * 2**20
 FETCH_MAX_WAIT_MS = 100
@@ -46,6 +48,10 @@ RECONCILE_SECONDS = 0.5
 so not after every flush of a busy sink."""
 LATE_RECONCILE_SECONDS = 2.0
 """How often late sales are brought into the aggregates: that recomputes whole windows."""
+SCAN_SHARE = 0.2
+"""The most of the sink's time a periodic scan may take. The scans read whole tables,
+so they slow down as the tables grow (late sales took 3 s a scan with a million
+sales written), and nothing is consumed while one runs."""
 
 
 @dataclass
@@ -59,6 +65,21 @@ class _Batch:
     @property
     def rows(self) -> int:
         return sum(len(values) for values in self.values.values())
+
+
+@dataclass
+class ScanSchedule:
+    """When a periodic scan is next due: `interval` after the last one started, or
+    later after a long one, so that it takes at most SCAN_SHARE of the time."""
+
+    interval: float
+    due_at: float = 0.0
+
+    def due(self, now: float) -> bool:
+        return now >= self.due_at
+
+    def ran(self, started: float, finished: float) -> None:
+        self.due_at = started + max(self.interval, (finished - started) / SCAN_SHARE)
 
 
 class ClickHouseSink:
@@ -104,9 +125,9 @@ class ClickHouseSink:
         self._config = config
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
-        self._reconciled = 0.0
         self._late = LateWindows()
-        self._late_reconciled = 0.0
+        self._late_scan = ScanSchedule(LATE_RECONCILE_SECONDS)
+        self._history_scan = ScanSchedule(RECONCILE_SECONDS)
 
     async def run(self) -> None:
         """Consume and write until `stop`; the last partial batch is written first."""
@@ -135,7 +156,7 @@ class ClickHouseSink:
                 ):
                     await self._flush(batch)
                     batch = _Batch()
-                if not fetched and time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
+                if not fetched:
                     await self._reconcile()
             if batch.next_offsets:
                 await self._flush(batch)
@@ -159,8 +180,7 @@ class ClickHouseSink:
         self._late.add(late_windows_touched(batch.values.get("sales", [])))
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
-        if time.monotonic() - self._reconciled >= RECONCILE_SECONDS:
-            await self._reconcile()
+        await self._reconcile()
         await self._record_lag()
 
     async def _commit(self, next_offsets: dict[TopicPartition, int]) -> None:
@@ -215,19 +235,18 @@ class ClickHouseSink:
 
     async def _reconcile(self) -> None:
         """Bring the late sales of the windows written since last time into the
-        aggregates, and mark finished sources done; while ClickHouse is away, try
-        again next time."""
-        self._reconciled = time.monotonic()
+        aggregates, and mark finished sources done, each when due; while ClickHouse is
+        away, try again next time."""
         try:
-            if time.monotonic() - self._late_reconciled >= LATE_RECONCILE_SECONDS:
-                self._late_reconciled = time.monotonic()
-                await self._late.reconcile(self._db)
-            done = await self._history.reconcile()
+            await self._when_due(self._late_scan, lambda: self._late.reconcile(self._db))
+            done = await self._when_due(self._history_scan, self._history.reconcile)
         except Exception as exc:
             if not is_retryable(exc):
                 raise
             metrics.SINK_ERRORS.labels("connection").inc()
             log.warning("ingestion history not updated (%s); will retry", first_line(exc))
+            return
+        if not done:
             return
         now = time.time()
         for entry in done:
@@ -241,8 +260,18 @@ class ClickHouseSink:
                 entry.rejected,
                 entry.duplicates,
             )
-        if done and self._on_sources_done is not None:
+        if self._on_sources_done is not None:
             await self._on_sources_done(done)
+
+    @staticmethod
+    async def _when_due(schedule: ScanSchedule, scan: Callable[[], Awaitable[T]]) -> T | None:
+        started = time.monotonic()
+        if not schedule.due(started):
+            return None
+        try:
+            return await scan()
+        finally:
+            schedule.ran(started, time.monotonic())
 
     async def _record_lag(self) -> None:
         for partition in self._consumer.assignment():
