@@ -2,8 +2,8 @@
 
 A worker drops a window's state once it is closed, so it cannot fold a sale that
 comes later; it flags the sale instead (`late_windows`). The sink remembers which
-windows the late sales it wrote belong to, and at most twice a second recomputes,
-for those windows, the totals of all their late sales from `sales` and writes them
+windows the late sales it wrote belong to, and every few seconds recomputes, for
+those windows, the totals of all their late sales from `sales` and writes them
 as one more partition of `aggregates` (`LATE_PARTITION`). The result is absolute and
 versioned like the workers' own rows, so reconciling twice gives the same totals.
 What a crash forgets is covered by reconciling every window once when the sink
