@@ -25,21 +25,24 @@ FETCH_BYTES = 16 * 2**20
 
 
 async def batch_codecs(bootstrap_servers: str, topics: list[str]) -> dict[str, set[int]]:
-    """Topic -> the codecs of its batches, from a plain fetch of every partition."""
+    """Topic -> the codecs of its batches of records, from a plain fetch of every
+    partition (a transaction's commit markers are batches too, never compressed)."""
     client = AIOKafkaClient(bootstrap_servers=bootstrap_servers)
     await client.bootstrap()
     codecs: dict[str, set[int]] = {topic: set() for topic in topics}
     try:
+        cluster = await client.fetch_all_metadata()
         for topic in topics:
-            for partition in client.cluster.partitions_for_topic(topic) or ():
-                leader = client.cluster.leader_for_partition(TopicPartition(topic, partition))
+            for partition in cluster.partitions_for_topic(topic) or ():
+                leader = cluster.leader_for_partition(TopicPartition(topic, partition))
                 request = FetchRequest(
                     100, 1, FETCH_BYTES, 0, [(topic, [(partition, 0, FETCH_BYTES)])]
                 )
                 response = await client.send(leader, request)
                 records = MemoryRecords(response.topics[0][1][0][-1])
                 while (batch := records.next_batch()) is not None:
-                    codecs[topic].add(batch.compression_type)
+                    if not batch.is_control_batch:
+                        codecs[topic].add(batch.compression_type)
     finally:
         await client.close()
     return codecs

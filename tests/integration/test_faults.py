@@ -161,7 +161,10 @@ def test_a_watched_folder_deleted_and_recreated_is_watched_again(
         pipeline.wait_for_status(source.name, "processing", timeout=30)
         print(f"inbox {how}: file picked up {time.monotonic() - dropped:.1f}s after the drop")
         assert_file_ends_at_truth(pipeline, source.name, truth)
-    noticed = re.findall(r"was deleted or moved|is missing; creating it", pipeline.log_tail(400))
+    noticed = re.findall(
+        r"was deleted or moved|is missing; creating it|was replaced by a new folder",
+        pipeline.log_tail(400),
+    )
     assert len(noticed) >= 2, "each deletion is noticed and said"
     assert pipeline.stop() == 0
 
