@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator
 
 import pandas as pd
 
-from sinks.database import Database, QueryRunner
+from sinks.database import Database, QueryRunner, in_array
 
 __all__ = ["accepted_orders", "find_accepted"]
 
@@ -41,7 +41,7 @@ async def find_accepted(
     as classifying does not look at them)."""
     rows = await run(
         f"SELECT order_id, fingerprint, source_id, line FROM {database}.sales FINAL "
-        "WHERE order_id IN {ids:Array(String)}",
+        f"WHERE {in_array('order_id', 'ids', 'String')}",
         {"ids": order_ids},
     )
     return {

@@ -31,6 +31,7 @@ __all__ = [
     "QueryRunner",
     "error_code",
     "first_line",
+    "in_array",
     "is_refused_data",
     "is_retryable",
     "retry_while_unavailable",
@@ -60,6 +61,14 @@ _BAD_SQL_CODES = frozenset({16, 36, 43, 46, 47, 60, 62, 81})
 """NO_SUCH_COLUMN_IN_TABLE, BAD_ARGUMENTS, ILLEGAL_TYPE_OF_ARGUMENT, UNKNOWN_FUNCTION,
 UNKNOWN_IDENTIFIER, UNKNOWN_TABLE, SYNTAX_ERROR, UNKNOWN_DATABASE: a bug, not an outage."""
 _CODE = re.compile(r"Code: (\d+)\.")
+
+
+def in_array(expression: str, parameter: str, element_type: str) -> str:
+    """`expression IN` the array query parameter `parameter`, the set built by a subquery.
+    chDB 4.4 hangs on `IN {p:Array(...)}` once the array passes about 140,000 values
+    (130,000 took 0.15 s, 145,000 had not finished after 30 s), while this form took
+    1.2 s for a million; a reconciliation of late sales passes hundreds of thousands."""
+    return f"{expression} IN (SELECT arrayJoin({{{parameter}:Array({element_type})}}))"
 
 
 def error_code(exc: BaseException) -> int | None:

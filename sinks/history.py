@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sinks.database import Database, QueryRunner, retry_while_unavailable
+from sinks.database import Database, QueryRunner, in_array, retry_while_unavailable
 from tillstream.records import SourceRef
 
 __all__ = ["SourceStatus", "HistoryEntry", "IngestionHistory", "find_source"]
@@ -174,25 +174,26 @@ class IngestionHistory:
     ) -> dict[str, tuple[int, int, dict[str, int], int]]:
         db = self._db.name
         params = {"ids": source_ids}
+        ours = in_array("source_id", "ids", "String")
         valid = await self._db.rows(
             f"SELECT source_id, uniqExact(line) FROM {db}.sales "
-            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            f"WHERE {ours} GROUP BY source_id",
             params,
         )
         rejected = await self._db.rows(
             f"SELECT source_id, uniqExact(line) FROM {db}.quarantine "
-            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            f"WHERE {ours} GROUP BY source_id",
             params,
         )
         by_reason = await self._db.rows(
             f"SELECT source_id, reason, uniqExact(line) FROM {db}.quarantine "
             "ARRAY JOIN reasons AS reason "
-            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id, reason",
+            f"WHERE {ours} GROUP BY source_id, reason",
             params,
         )
         duplicates = await self._db.rows(
             f"SELECT source_id, uniqExact(line) FROM {db}.duplicates "
-            "WHERE source_id IN {ids:Array(String)} GROUP BY source_id",
+            f"WHERE {ours} GROUP BY source_id",
             params,
         )
         valid_by_id = dict(valid)

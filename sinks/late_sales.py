@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from processors.aggregates import WINDOWS, window_bounds
-from sinks.database import Database
+from sinks.database import Database, in_array
 from sinks.schema import LATE_PARTITION, late_sales_totals
 
 __all__ = ["LateWindows", "late_windows_touched"]
@@ -83,7 +83,7 @@ class LateWindows:
             "1"
             if self._everything
             else " OR ".join(
-                f"(window = '{window}' AND {window_start} IN {{{window}:Array(Int64)}})"
+                f"(window = '{window}' AND {in_array(window_start, window, 'Int64')})"
                 for window in touched
             )
         )

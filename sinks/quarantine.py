@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sinks.database import QueryRunner
+from sinks.database import QueryRunner, in_array
 
 __all__ = [
     "QuarantineFilter",
@@ -88,7 +88,8 @@ async def show_letter(run: QueryRunner, database: str, letter_id: str) -> dict[s
 
 async def letters_with_ids(run: QueryRunner, database: str, ids: list[str]) -> list[dict[str, Any]]:
     return await run(
-        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL WHERE id IN {{ids:Array(String)}}",
+        f"SELECT {_COLUMNS} FROM {database}.quarantine FINAL "
+        f"WHERE {in_array('id', 'ids', 'String')}",
         {"ids": ids},
     )
 
@@ -140,7 +141,8 @@ async def statuses_since(
     """The status of each of these rows that was updated since `since`."""
     rows = await run(
         f"SELECT id, status FROM {database}.quarantine FINAL "
-        "WHERE id IN {ids:Array(String)} AND last_seen >= {since:DateTime64(3, 'UTC')}",
+        f"WHERE {in_array('id', 'ids', 'String')} "
+        "AND last_seen >= {since:DateTime64(3, 'UTC')}",
         {"ids": ids, "since": _clickhouse_time(since)},
     )
     return {row["id"]: row["status"] for row in rows}
@@ -159,7 +161,8 @@ async def landed(
     found = await run(
         " UNION ALL ".join(
             f"SELECT source_id, line FROM {database}.{table} "
-            "WHERE source_id IN {sources:Array(String)} AND line IN {lines:Array(UInt64)}"
+            f"WHERE {in_array('source_id', 'sources', 'String')} "
+            f"AND {in_array('line', 'lines', 'UInt64')}"
             for table in ("sales", "duplicates")
         ),
         parameters,

@@ -1,0 +1,115 @@
+"""Queries given a set of values as a parameter answer for sets of any size.
+
+Found on a 10,000,000-row file: the sink's reconciliation of late sales passed the
+starts of 311,855 minute windows, and chDB hung on `IN {starts:Array(Int64)}`, which
+it does past about 140,000 values; the sink wrote nothing for twelve minutes. The
+database runs in this process, as the sink's does in `up`, on the real engine.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sinks.accepted_orders import find_accepted
+from sinks.database import Database
+from sinks.late_sales import LateWindows, late_windows_touched
+from sinks.schema import LATE_PARTITION, migrate
+from tillstream.settings import ClickHouseConfig
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.broker_independent,
+    # A hang fails the run instead of waiting out CI: chDB's thread cannot be stopped.
+    pytest.mark.timeout(300, method="thread"),
+]
+
+SALES = 200_000
+"""Each late for its own minute window: well past where `IN` an array hung."""
+
+
+def sale(number: int) -> bytes:
+    cents = 100 + number % 7
+    hours, minute = divmod(number, 60)
+    days, hour = divmod(hours, 24)
+    month, day = divmod(days, 28)
+    return json.dumps(
+        {
+            "order_id": f"O-{number:07d}",
+            "fingerprint": f"{number:016x}",
+            "sold_at": f"2020-{1 + month:02d}-{1 + day:02d}T{hour:02d}:{minute:02d}:00.000Z",
+            "product": "Lamp",
+            "category": "home",
+            "region": "North",
+            "store_id": "S1",
+            "quantity": 1,
+            "unit_price": f"{cents / 100:.2f}",
+            "discount": "0",
+            "revenue": f"{cents / 100:.2f}",
+            "currency": "EUR",
+            "customer_email": "",
+            "late_windows": ["minute"],
+            "source": "file",
+            "source_kind": "file",
+            "source_id": "s",
+            "line": number,
+            "seen_at": "2020-01-01T00:00:00.000Z",
+            "ingested_at": "2020-01-01T00:00:00.000Z",
+        }
+    ).encode()
+
+
+@pytest.fixture(scope="module")
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Database, list[bytes]]]:
+    """One chDB for the module (an engine per process), holding SALES late sales."""
+    path: Path = tmp_path_factory.mktemp("large-sets") / "clickhouse"
+    database = Database(f"chdb://{path}", ClickHouseConfig())
+    sales = [sale(number) for number in range(SALES)]
+
+    async def prepare() -> None:
+        await migrate(database)
+        await database.insert_json_rows("sales", sales)
+
+    asyncio.run(prepare())
+    yield database, sales
+    asyncio.run(database.close())
+
+
+async def test_late_sales_of_hundreds_of_thousands_of_windows_are_reconciled(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    db, sales = database
+    late = LateWindows()
+    await late.reconcile(db)  # the first takes every window (what a restart forgot) ...
+    await db.command(f"TRUNCATE TABLE {db.name}.aggregates")
+    touched = late_windows_touched(sales)
+    assert len(touched["minute"]) == SALES
+    late.add(touched)  # ... later ones those written since
+
+    await late.reconcile(db)
+
+    [(windows, orders, revenue)] = await db.rows(
+        f"SELECT count(), sum(orders), toString(sum(revenue)) FROM {db.name}.aggregates "
+        "FINAL WHERE window = 'minute' AND dimension = 'total' "
+        "AND partition = {late:UInt16}",
+        {"late": LATE_PARTITION},
+    )
+    expected_cents = sum(100 + number % 7 for number in range(SALES))
+    assert (windows, orders) == (SALES, SALES)
+    assert revenue == f"{expected_cents // 100}.{expected_cents % 100:02d}"
+
+
+async def test_hundreds_of_thousands_of_accepted_orders_are_found(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    db, _ = database
+    wanted = [f"O-{number:07d}" for number in range(SALES)] + ["O-missing"]
+
+    found = await find_accepted(db.records, db.name, wanted)
+
+    assert len(found) == SALES
+    assert found["O-0001234"][:3] == [f"{1234:016x}", "s", 1234]
