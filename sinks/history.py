@@ -176,8 +176,7 @@ class IngestionHistory:
         params = {"ids": source_ids}
         ours = in_array("source_id", "ids", "String")
         valid = await self._db.rows(
-            f"SELECT source_id, uniqExact(line) FROM {db}.sales "
-            f"WHERE {ours} GROUP BY source_id",
+            f"SELECT source_id, uniqExact(line) FROM {db}.sales WHERE {ours} GROUP BY source_id",
             params,
         )
         rejected = await self._db.rows(
