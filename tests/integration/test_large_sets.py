@@ -1,9 +1,10 @@
 """Queries given a set of values as a parameter answer for sets of any size.
 
-Found on a 10,000,000-row file: the sink's reconciliation of late sales passed the
-starts of 311,855 minute windows, and chDB hung on `IN {starts:Array(Int64)}`, which
-it does past about 140,000 values; the sink wrote nothing for twelve minutes. The
-database runs in this process, as the sink's does in `up`, on the real engine.
+Found on a 10,000,000-row file: the sink's reconciliation of late sales names the
+windows to recompute, a 3,000,000-row file's sales alone fall in 311,855 minutes, and
+chDB hangs on `IN {starts:Array(Int64)}` past about 140,000 values; the sink wrote
+nothing for seven minutes, until stopped. The database runs in this process, as the
+sink's does in `up`, on the real engine.
 """
 
 from __future__ import annotations
