@@ -64,6 +64,10 @@ _EXPIRY_INTERVAL_SECONDS = 600.0
 """How often a partition's orders past retention are looked for. Orders are kept for
 days, and the scan reads every order remembered (it took 3% of a 1M-row ingestion at
 every 10 s)."""
+_CHUNKS_BUFFERED_PER_AGENT = 32
+"""How many messages Faust fetches ahead of each agent. Its default, 4,096, suits
+messages of one event; ours are chunks of thousands of rows, so a backlog (a big file
+read faster than it is cleaned) filled the buffers with hundreds of MB of chunks."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +102,7 @@ def build_app(
         processing_guarantee="at_least_once",
         producer_max_request_size=8 * 2**20,
         consumer_max_fetch_size=16 * 2**20,
+        stream_buffer_maxsize=_CHUNKS_BUFFERED_PER_AGENT,
         broker_session_timeout=settings.kafka.session_timeout_seconds,
         broker_heartbeat_interval=settings.kafka.session_timeout_seconds / 3,
         broker_rebalance_timeout=settings.kafka.rebalance_timeout_seconds,
