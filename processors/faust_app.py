@@ -16,7 +16,11 @@ fetches left it, so a new consumer group could start at the end of `sales.raw`. 
 Apache Kafka this lost whole chunks after a restart or a rebalance (seen as a later
 version of an order accepted in place of the first) and stalled a replay under a new
 group. Here the input partitions stay paused until the seek is done, and the seek
-takes those without a committed offset back to their first.
+takes those without a committed offset back to their first. Nor does a partition
+resume early when its agent's buffer drains: Faust (0.15) takes a partition whose
+buffer filled back into its fetches once the buffer drains, even if a recovery paused
+it meanwhile, and the agent would then process records before its tables are
+restored and before the seek.
 """
 
 from __future__ import annotations
@@ -80,6 +84,14 @@ class _Consumer(driver.Consumer):  # type: ignore[misc]
         await super().perform_seek()
         awaiting, self._awaiting_seek = self._awaiting_seek, set()
         super().resume_partitions(awaiting & set(self.assignment()))
+
+    def on_buffer_drop(self, tp: TP) -> None:
+        """A partition paused since its agent's buffer filled (for a recovery, or until
+        the seek) resumes with the others: Faust would take its records again now."""
+        if tp in self._paused_partitions:
+            self._buffered_partitions.discard(tp)
+            return
+        super().on_buffer_drop(tp)
 
 
 class _Transport(driver.Transport):  # type: ignore[misc]
