@@ -3,8 +3,8 @@
 Every table that the pipeline writes is a ReplacingMergeTree on the row's
 natural key, and accepts insert dedup tokens: a re-delivered batch is dropped
 by its token, a re-processed row (after a crash) replaces itself by its key.
-Counting queries use `uniqExact` on the key or `FINAL`, so they are right
-before merges happen.
+Counting queries count distinct keys (`uniqExact`, or `groupBitmap` for line
+numbers) or use `FINAL`, so they are right before merges happen.
 """
 
 from __future__ import annotations
