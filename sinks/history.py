@@ -178,29 +178,25 @@ class IngestionHistory:
         db = self._db.name
         params = {"ids": source_ids}
         ours = in_array("source_id", "ids", "String")
-        valid = await self._db.rows(
-            f"SELECT source_id, groupBitmap(line) FROM {db}.sales WHERE {ours} GROUP BY source_id",
-            params,
-        )
-        rejected = await self._db.rows(
-            f"SELECT source_id, groupBitmap(line) FROM {db}.quarantine "
-            f"WHERE {ours} GROUP BY source_id",
-            params,
-        )
+
+        async def lines_by_source(table: str) -> dict[str, int]:
+            return dict(
+                await self._db.rows(
+                    f"SELECT source_id, groupBitmap(line) FROM {db}.{table} "
+                    f"WHERE {ours} GROUP BY source_id",
+                    params,
+                )
+            )
+
+        valid_by_id = await lines_by_source("sales")
+        rejected_by_id = await lines_by_source("quarantine")
+        duplicates_by_id = await lines_by_source("duplicates")
         by_reason = await self._db.rows(
             f"SELECT source_id, reason, groupBitmap(line) FROM {db}.quarantine "
             "ARRAY JOIN reasons AS reason "
             f"WHERE {ours} GROUP BY source_id, reason",
             params,
         )
-        duplicates = await self._db.rows(
-            f"SELECT source_id, groupBitmap(line) FROM {db}.duplicates "
-            f"WHERE {ours} GROUP BY source_id",
-            params,
-        )
-        valid_by_id = dict(valid)
-        rejected_by_id = dict(rejected)
-        duplicates_by_id = dict(duplicates)
         reasons_by_id: dict[str, dict[str, int]] = {}
         for source_id, reason, count in by_reason:
             reasons_by_id.setdefault(source_id, {})[reason] = count
