@@ -25,6 +25,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import partial
+from typing import Any
 
 import faust
 from faust.types import TP
@@ -44,6 +45,7 @@ from processors.cleaning_process import CleaningProcess
 from processors.dedupe import accept, classify, expire
 from processors.faust_app import App
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
+from processors.seen import SeenStore
 from processors.state import BatchedChangelogTable
 from processors.transactions import Transactions
 from producers.publisher import KafkaPublisher, Message
@@ -122,7 +124,7 @@ def build_app(
     async def take_over(_: faust.App, assigned: set[TP], **__: object) -> None:
         await transactions.take_over(tp for tp in assigned if tp.topic in inputs)
 
-    def table(name: str, description: str) -> BatchedChangelogTable:
+    def table(name: str, description: str, **options: Any) -> BatchedChangelogTable:
         return app.tables.add(
             BatchedChangelogTable(
                 app,
@@ -131,10 +133,13 @@ def build_app(
                 partitions=partitions,
                 key_type=str,
                 help=description,
+                **options,
             )
         )
 
-    seen = table("seen", "order id -> its accepted delivery (processors/dedupe.py)")
+    seen = table(
+        "seen", "order id -> its accepted delivery (processors/dedupe.py)", store_class=SeenStore
+    )
     aggregates = table(
         "aggregates", "partition|window|start|dimension|key -> totals (processors/aggregates.py)"
     )

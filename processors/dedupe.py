@@ -1,11 +1,11 @@
 """Dedupe: the first delivery of an order wins, later ones are sorted out.
 
-`seen` maps an order id to what was first accepted for it: the content
-fingerprint, the provenance, the windows the sale was late for, and when it was
-first seen. Redelivery of that very row (a source read again after a crash) is
-passed on again, since downstream writes replace by key; the same sale from
-another place is a duplicate; the same order id with other content is a conflict
-and is quarantined.
+`seen` maps an order id to what was first accepted for it (processors/seen.py):
+the content fingerprint, the provenance, the windows the sale was late for, and
+when it was first seen. Redelivery of that very row (a source read again after a
+crash) is passed on again, since downstream writes replace by key; the same sale
+from another place is a duplicate; the same order id with other content is a
+conflict and is quarantined.
 
 `classify` sorts a batch; the agent judges the new sales against its watermark
 (processors/aggregates.py) and `accept` then remembers them and emits them.
@@ -14,22 +14,18 @@ and is quarantined.
 from __future__ import annotations
 
 import functools
-from collections.abc import MutableMapping, Sequence
+from collections.abc import MutableMapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 
 from processors.aggregates import mask_windows
 from processors.chunks import ValidatedMessage, dead_letter, isoformat
+from processors.seen import SeenEntries, SeenEntry
 from producers.publisher import Message, partitions_for
 from tillstream.records import SCHEMA_VERSION, ReasonCode, decode, encode
 
-__all__ = ["Classified", "SeenEntry", "accept", "classify", "clean_message", "expire"]
-
-SeenEntry = Sequence[str | int]
-"""(fingerprint, source id, line, late-window mask, first seen in epoch seconds). A
-tuple when accepted here, which the garbage collector stops tracking (there is one per
-order remembered); a list when restored from the changelog's JSON."""
+__all__ = ["Classified", "accept", "classify", "clean_message", "expire"]
 
 
 @dataclass
@@ -106,12 +102,10 @@ def accept(
     return messages, entries
 
 
-def expire(
-    seen: MutableMapping[str, SeenEntry], partition: int, partitions: int, before: int
-) -> list[str]:
+def expire(seen: SeenEntries, partition: int, partitions: int, before: int) -> list[str]:
     """Forget this partition's orders first seen before `before` (epoch seconds):
     the dedupe retention window. Returns the order ids forgotten."""
-    old = [order_id for order_id, entry in seen.items() if int(entry[4]) < before]
+    old = seen.seen_before(before)
     owners = partitions_for([order_id.encode() for order_id in old], partitions)
     expired = [order_id for order_id, owner in zip(old, owners, strict=True) if owner == partition]
     for order_id in expired:

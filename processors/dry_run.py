@@ -14,7 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from processors.chunks import clean_chunk, decode_validated
-from processors.dedupe import SeenEntry, accept, classify
+from processors.dedupe import accept, classify
+from processors.seen import SeenEntry
 from producers.publisher import Message
 from producers.readers import read_chunks, sha256_of
 from tillstream.records import RawChunk, SourceRef, decode

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
+from faust.stores.memory import Store as MemoryStore
+from yarl import URL
 
 from processors.aggregates import WINDOWS, Marker, evict_closed, fold, update_messages
 from producers.publisher import KafkaPublisher, Message, partitions_for
@@ -31,9 +33,28 @@ __all__ = ["BatchedChangelogTable", "changelog_message", "restore_changelogs"]
 
 
 class BatchedChangelogTable(faust.Table):  # type: ignore[misc]
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, store_class: type[MemoryStore] = MemoryStore, **kwargs: Any
+    ) -> None:
+        self._store_class = store_class
         super().__init__(*args, **kwargs)
         self._pending: list[Message] = []
+
+    def _new_store_by_url(self, url: str | URL) -> MemoryStore:
+        """Faust's choice of store, made by `store_class` instead of the URL: `entries`
+        needs an in-memory store, and the `seen` table one of its own (processors/seen.py)."""
+        return self._store_class(
+            url,
+            self.app,
+            self,
+            table_name=self.name,
+            key_type=self.key_type,
+            key_serializer=self.key_serializer,
+            value_serializer=self.value_serializer,
+            value_type=self.value_type,
+            loop=self.loop,
+            options=self.options,
+        )
 
     @property
     def changelog_topic_name(self) -> str:

@@ -37,7 +37,7 @@ async def find_accepted(
     run: QueryRunner, database: str, order_ids: list[str]
 ) -> dict[str, list[str | int]]:
     """The accepted delivery of each of these orders that ClickHouse holds, as the
-    dedupe table keeps it (processors/dedupe.py `SeenEntry`; lateness and age left 0,
+    dedupe table keeps it (processors/seen.py `SeenEntry`; lateness and age left 0,
     as classifying does not look at them)."""
     rows = await run(
         f"SELECT order_id, fingerprint, source_id, line FROM {database}.sales FINAL "

@@ -1,0 +1,98 @@
+"""The `seen` table's packed memory holds what a dict would, and recovers as Faust does."""
+
+from __future__ import annotations
+
+import json
+from types import SimpleNamespace
+
+import faust
+import pytest
+from faust.stores.memory import Store as MemoryStore
+from hypothesis import given
+from hypothesis import strategies as st
+
+from processors.seen import SeenEntries, SeenStore
+from processors.state import BatchedChangelogTable
+
+ORDER_IDS = st.sampled_from([f"o{n}" for n in range(6)]) | st.text(max_size=12)
+ENTRIES = st.tuples(
+    st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}"),
+    st.sampled_from(["a" * 64, "b" * 64]) | st.text(max_size=70),
+    st.integers(-(2**63), 2**63 - 1),
+    st.integers(0, 15),
+    st.integers(-(2**63), 2**63 - 1),
+)
+CHANGES = st.lists(st.tuples(ORDER_IDS, st.none() | ENTRIES), max_size=40)
+"""Updates to the table: an entry set, or an order forgotten (None)."""
+
+
+@given(changes=CHANGES)
+def test_entries_read_back_as_a_dict_would_hold_them(
+    changes: list[tuple[str, tuple[str, str, int, int, int] | None]],
+) -> None:
+    entries, expected = SeenEntries(), {}
+    for order_id, entry in changes:
+        if entry is None:
+            entries.pop(order_id, None)
+            expected.pop(order_id, None)
+        else:
+            entries[order_id] = entry
+            expected[order_id] = entry
+    assert dict(entries.items()) == expected
+    assert [entries.get(order_id) for order_id, _ in changes] == [
+        expected.get(order_id) for order_id, _ in changes
+    ]
+    assert sorted(entries.seen_before(0)) == sorted(
+        order_id for order_id, entry in expected.items() if entry[4] < 0
+    )
+
+
+@given(changes=CHANGES)
+def test_a_source_id_is_let_go_once_no_order_refers_to_it(
+    changes: list[tuple[str, tuple[str, str, int, int, int] | None]],
+) -> None:
+    """A poller makes a source id every run: they must not pile up past retention."""
+    entries = SeenEntries()
+    for order_id, entry in changes:
+        if entry is None:
+            entries.pop(order_id, None)
+        else:
+            entries[order_id] = entry
+    assert set(entries._source_numbers) == {entry[1] for _, entry in entries.items()}
+    entries_left = list(entries)
+    for order_id in entries_left:
+        del entries[order_id]
+    assert entries._source_numbers == {}
+
+
+def test_an_order_id_not_there_is_none_and_a_key_error() -> None:
+    entries = SeenEntries()
+    assert entries.get("o1") is None
+    with pytest.raises(KeyError):
+        entries["o1"]
+    with pytest.raises(KeyError):
+        del entries["o1"]
+
+
+@given(changes=CHANGES)
+def test_a_changelog_recovers_to_what_fausts_own_store_recovers(
+    changes: list[tuple[str, tuple[str, str, int, int, int] | None]],
+) -> None:
+    app = faust.App("test-seen", store="memory://")
+    recovered = {}
+    for store_class in (MemoryStore, SeenStore):
+        table = BatchedChangelogTable(
+            app, name="seen", partitions=4, key_type=str, store_class=store_class
+        )
+        batch = [
+            SimpleNamespace(
+                key=order_id,
+                value=None if entry is None else json.loads(json.dumps(entry)),
+                message=SimpleNamespace(value=None if entry is None else b"-", partition=1),
+            )
+            for order_id, entry in changes
+        ]
+        table.apply_changelog_batch(batch)
+        assert isinstance(table.data, store_class)
+        recovered[store_class] = {key: list(value) for key, value in table.data.data.items()}
+    assert recovered[SeenStore] == recovered[MemoryStore]
