@@ -2,8 +2,8 @@
 
 A worker remembers every order for the retention window, millions of them, so an
 entry is kept as one bytes object of fixed layout rather than a tuple of five
-objects: 151 bytes an order with its key and the dict's share instead of 269
-(measured, a million orders). A source id, the same for every order of a file
+objects: 155 bytes an order with its key and the dict's share instead of 269
+(benchmarks/seen_table.py). A source id, the same for every order of a file
 or a poll, is kept once and referred to by number while an order refers to it.
 Entries go in and come out as `SeenEntry` tuples, so dedupe, the changelog and
 recovery see the same values as before.
@@ -25,7 +25,8 @@ SeenEntry = Sequence[str | int]
 tuple when read from `SeenEntries`, a list when decoded from the changelog's JSON."""
 
 _LAYOUT = struct.Struct("<qQIqH")
-"""First seen, fingerprint (16 hex digits, chunks.py), source number, line, mask."""
+"""First seen (first, so that expiry reads it alone), fingerprint (16 hex digits,
+processors/chunks.py), source number, line, late-window mask."""
 _FIRST_SEEN = struct.Struct("<q")
 
 

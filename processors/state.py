@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping
 from json.encoder import encode_basestring_ascii  # type: ignore[attr-defined]
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 import numpy as np
@@ -22,12 +22,14 @@ import pandas as pd
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from faust.stores.memory import Store as MemoryStore
-from yarl import URL
 
 from processors.aggregates import WINDOWS, Marker, evict_closed, fold, update_messages
 from producers.publisher import KafkaPublisher, Message, partitions_for
 from tillstream.records import SCHEMA_HEADERS
 from tillstream.topics import TopicSpec
+
+if TYPE_CHECKING:
+    from yarl import URL
 
 __all__ = ["BatchedChangelogTable", "changelog_message", "restore_changelogs"]
 
