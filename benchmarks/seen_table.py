@@ -89,7 +89,7 @@ def timings(
     return [remembered - began, looked_up_new - remembered, time.perf_counter() - looked_up_new]
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
     arguments = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     arguments.add_argument("--orders", type=int, default=1_000_000, help="orders remembered")
     arguments.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         ],
         recorded=args.record,
     )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -117,7 +117,9 @@ def _naive(path: Path, rows: int) -> dict[str, Any]:
 
 
 def _start_profiler(pid: int, output: Path) -> subprocess.Popen[bytes]:
-    spy = REPO / ".venv" / "bin" / "py-spy"
+    spy = Path(sys.executable).parent / "py-spy"
+    if not spy.exists():
+        raise BenchmarkError(f"--profile needs py-spy, not found at {spy}: pip install -e '.[dev]'")
     command = [str(spy), "record", "--pid", str(pid), "--format", "raw", "--output", str(output)]
     command += ["--rate", str(PROFILE_RATE), "--threads", "--nolineno"]
     progress(f"profiling pid {pid} into {output}")
