@@ -16,7 +16,9 @@ from collections.abc import Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 from faust.stores.memory import Store as MemoryStore
-from faust.types import EventT
+from faust.types import TP, EventT
+
+from producers.publisher import partitions_for
 
 __all__ = ["SeenEntries", "SeenEntry", "SeenStore"]
 
@@ -111,7 +113,9 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
 
 
 class SeenStore(MemoryStore):  # type: ignore[misc]
-    """Faust's in-memory store with `SeenEntries` behind it."""
+    """Faust's in-memory store with `SeenEntries` behind it, and without the key ->
+    partition map Faust's store keeps of every key it restores (31 bytes an order):
+    an order's partition is its id's (the clean stage routes by it)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -124,7 +128,19 @@ class SeenStore(MemoryStore):  # type: ignore[misc]
             key = to_key(event.key)
             if event.message.value is None:
                 self.data.pop(key, None)
-                self._key_partition.pop(key, None)
             else:
                 self.data[key] = to_value(event.value)
-                self._key_partition[key] = event.message.partition
+
+    async def on_recovery_completed(self, active_tps: set[TP], standby_tps: set[TP]) -> None:
+        """Forget the orders of partitions this worker no longer has, as Faust's store
+        does for the ones it restored (a partition given back is restored again from its
+        changelog's start); the ones dedupe added since are forgotten too."""
+        active = {tp.partition for tp in active_tps}
+        partitions = self.table.partitions
+        if active >= set(range(partitions)):
+            return
+        orders = list(self.data)
+        owners = partitions_for([order_id.encode() for order_id in orders], partitions)
+        for order_id, owner in zip(orders, owners, strict=True):
+            if owner not in active:
+                del self.data[order_id]
