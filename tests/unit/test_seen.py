@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import MutableMapping
 from types import SimpleNamespace
+from typing import TypeVar
 
 import faust
 import pytest
@@ -12,7 +14,7 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.seen import SeenEntries, SeenStore
+from processors.seen import SeenEntries, SeenEntry, SeenStore
 from processors.state import BatchedChangelogTable
 from producers.publisher import partitions_for
 
@@ -31,18 +33,23 @@ ENTRY: Entry = (f"{7:016x}", "c" * 64, 2, 0, 1_700_000_000)
 PARTITIONS = 4
 
 
+Table = TypeVar("Table", bound=MutableMapping[str, SeenEntry])
+
+
+def applied(table: Table, changes: list[tuple[str, Entry | None]]) -> Table:
+    for order_id, entry in changes:
+        if entry is None:
+            table.pop(order_id, None)
+        else:
+            table[order_id] = entry
+    return table
+
+
 @given(changes=CHANGES)
 def test_entries_read_back_as_a_dict_would_hold_them(
     changes: list[tuple[str, Entry | None]],
 ) -> None:
-    entries, expected = SeenEntries(), {}
-    for order_id, entry in changes:
-        if entry is None:
-            entries.pop(order_id, None)
-            expected.pop(order_id, None)
-        else:
-            entries[order_id] = entry
-            expected[order_id] = entry
+    entries, expected = applied(SeenEntries(), changes), applied({}, changes)
     assert dict(entries.items()) == expected
     assert [entries.get(order_id) for order_id, _ in changes] == [
         expected.get(order_id) for order_id, _ in changes
@@ -57,12 +64,7 @@ def test_a_source_id_is_let_go_once_no_order_refers_to_it(
     changes: list[tuple[str, Entry | None]],
 ) -> None:
     """A poller makes a source id every run: they must not pile up past retention."""
-    entries = SeenEntries()
-    for order_id, entry in changes:
-        if entry is None:
-            entries.pop(order_id, None)
-        else:
-            entries[order_id] = entry
+    entries = applied(SeenEntries(), changes)
     assert set(entries._source_numbers) == {entry[1] for _, entry in entries.items()}
     entries_left = list(entries)
     for order_id in entries_left:
