@@ -21,8 +21,8 @@ from itertools import repeat
 
 from processors.aggregates import mask_windows
 from processors.chunks import ValidatedMessage, dead_letter, isoformat
-from processors.seen import SeenEntries, SeenEntry
-from producers.publisher import Message, partitions_for
+from processors.seen import SeenEntries, SeenEntry, orders_in
+from producers.publisher import Message
 from tillstream.records import SCHEMA_VERSION, ReasonCode, decode, encode
 
 __all__ = ["Classified", "accept", "classify", "clean_message", "expire"]
@@ -105,9 +105,7 @@ def accept(
 def expire(seen: SeenEntries, partition: int, partitions: int, before: int) -> list[str]:
     """Forget this partition's orders first seen before `before` (epoch seconds):
     the dedupe retention window. Returns the order ids forgotten."""
-    old = seen.seen_before(before)
-    owners = partitions_for([order_id.encode() for order_id in old], partitions)
-    expired = [order_id for order_id, owner in zip(old, owners, strict=True) if owner == partition]
+    expired = orders_in(seen.seen_before(before), {partition}, partitions)
     for order_id in expired:
         del seen[order_id]
     return expired

@@ -12,7 +12,7 @@ recovery see the same values as before.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Container, Iterable, Iterator, MutableMapping, Sequence
 from typing import Any
 
 from faust.stores.memory import Store as MemoryStore
@@ -20,7 +20,7 @@ from faust.types import TP, EventT
 
 from producers.publisher import partitions_for
 
-__all__ = ["SeenEntries", "SeenEntry", "SeenStore"]
+__all__ = ["SeenEntries", "SeenEntry", "SeenStore", "orders_in"]
 
 SeenEntry = Sequence[str | int]
 """(fingerprint, source id, line, late-window mask, first seen in epoch seconds): a
@@ -135,12 +135,14 @@ class SeenStore(MemoryStore):  # type: ignore[misc]
         """Forget the orders of partitions this worker no longer has, as Faust's store
         does for the ones it restored (a partition given back is restored again from its
         changelog's start); the ones dedupe added since are forgotten too."""
-        active = {tp.partition for tp in active_tps}
         partitions = self.table.partitions
-        if active >= set(range(partitions)):
-            return
-        orders = list(self.data)
-        owners = partitions_for([order_id.encode() for order_id in orders], partitions)
-        for order_id, owner in zip(orders, owners, strict=True):
-            if owner not in active:
+        gone = set(range(partitions)) - {tp.partition for tp in active_tps}
+        if gone:
+            for order_id in orders_in(list(self.data), gone, partitions):
                 del self.data[order_id]
+
+
+def orders_in(order_ids: list[str], wanted: Container[int], partitions: int) -> list[str]:
+    """The orders whose partition, their id's (the clean stage routes by it), is wanted."""
+    owners = partitions_for([order_id.encode() for order_id in order_ids], partitions)
+    return [order_id for order_id, owner in zip(order_ids, owners, strict=True) if owner in wanted]
