@@ -37,6 +37,7 @@ __all__ = [
     "REPO",
     "WORK_DIR",
     "BenchmarkError",
+    "CpuTimes",
     "Done",
     "RssSampler",
     "UpRun",
@@ -74,6 +75,7 @@ PACKAGES = (
 )
 _STARTED = time.monotonic()
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
 
 
 class BenchmarkError(RuntimeError):
@@ -417,6 +419,74 @@ class RssSampler:
     @property
     def peak(self) -> int:
         return max((rss for _, rss in self.samples), default=0)
+
+
+def _cpu_seconds(stat_path: str) -> tuple[str, float] | None:
+    """Command name and user + system CPU seconds of a process or thread so far."""
+    try:
+        stat = Path(stat_path).read_text()
+    except OSError:
+        return None
+    name = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return name, (int(fields[11]) + int(fields[12])) / _TICK
+
+
+@dataclass(frozen=True)
+class CpuTimes:
+    """CPU seconds used so far by a process tree, `up`'s threads by kind, and the
+    machine's busy and total time: taken twice, the difference says which part of the
+    work the cores were busy with, and whether they were busy at all."""
+
+    processes: dict[int, tuple[str, float]]
+    threads: dict[str, float]
+    """Of the root process: its main thread (the event loop), its other Python threads
+    (named `python`), its native threads (chDB's)."""
+    machine: tuple[int, int]
+    """Busy and total clock ticks of every core (/proc/stat)."""
+
+    @classmethod
+    def of(cls, pid: int) -> CpuTimes:
+        processes = {
+            child: times
+            for child in process_tree(pid)
+            if (times := _cpu_seconds(f"/proc/{child}/stat")) is not None
+        }
+        threads = {"event loop": 0.0, "other Python threads": 0.0, "native threads": 0.0}
+        for task in Path(f"/proc/{pid}/task").glob("*/stat"):
+            times = _cpu_seconds(str(task))
+            if times is not None:
+                name, seconds = times
+                kind = (
+                    "event loop"
+                    if task.parent.name == str(pid)
+                    else "other Python threads"
+                    if name.startswith("python")
+                    else "native threads"
+                )
+                threads[kind] += seconds
+        ticks = [int(value) for value in Path("/proc/stat").read_text().split("\n")[0].split()[1:]]
+        idle = ticks[3] + ticks[4]
+        return cls(processes, threads, (sum(ticks) - idle, sum(ticks)))
+
+    def since(self, before: CpuTimes) -> str:
+        """One line: what each process and `up`'s threads used between the two."""
+        used = {
+            pid: (name, seconds - before.processes.get(pid, (name, 0.0))[1])
+            for pid, (name, seconds) in self.processes.items()
+        }
+        busy = self.machine[0] - before.machine[0]
+        total = self.machine[1] - before.machine[1]
+        root = next(iter(used))
+        threads = ", ".join(
+            f"{kind} {seconds - before.threads[kind]:.1f}" for kind, seconds in self.threads.items()
+        )
+        parts = [f"up {used[root][1]:.1f} ({threads})"]
+        parts += [f"{name} {seconds:.1f}" for pid, (name, seconds) in used.items() if pid != root]
+        return (
+            f"CPU seconds while ingesting: {', '.join(parts)}; "
+            f"every core of the machine busy {busy / max(total, 1):.0%} of the time."
+        )
 
 
 # --- `tillstream up` --------------------------------------------------------------

@@ -32,6 +32,7 @@ if str(REPO) not in sys.path:
 from benchmarks import hotpath  # noqa: E402
 from benchmarks._common import (  # noqa: E402
     BenchmarkError,
+    CpuTimes,
     RssSampler,
     UpRun,
     check_clickhouse,
@@ -73,6 +74,8 @@ class EndToEnd:
     """The history's own started_at -> finished_at: no watcher wait, no polling."""
     peak_rss: int
     high_water: dict[int, tuple[str, int]]
+    cpu: str
+    """What the processes and the machine's cores were busy with, drop to done."""
     profile: Path | None
 
 
@@ -149,8 +152,10 @@ def _end_to_end(
         spy = _start_profiler(up.pid, output) if output is not None else None
         try:
             progress(f"dropping {path.name} ({path.stat().st_size / 2**20:.0f} MiB) into the inbox")
+            cpu_before = CpuTimes.of(up.pid)
             dropped = up.drop(staged)
             done = up.wait_done(staged.name, timeout)
+            cpu = CpuTimes.of(up.pid).since(cpu_before)
         finally:
             if spy is not None:
                 _stop_profiler(spy)
@@ -168,6 +173,7 @@ def _end_to_end(
         product_seconds=(finished - started).total_seconds(),
         peak_rss=sampler.peak,
         high_water=sampler.high_water,
+        cpu=cpu,
         profile=output,
     )
 
@@ -241,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         "per process peak (VmHWM): "
         + ", ".join(f"{name} {fmt_mb(peak)}" for name, peak in e2e.high_water.values())
         + ".",
+        e2e.cpu,
         "pandas reference phases (s): "
         + ", ".join(f"{k} {v:.1f}" for k, v in pandas["phases"].items())
         + "; with the product's reader: "
