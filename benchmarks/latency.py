@@ -4,7 +4,9 @@ Users dropping a file expect to see it in ClickHouse within seconds, and a
 pipeline tuned only for throughput (big batches, long lingers) fails them. This
 drops a 1,000-row file every half second into a running `tillstream up` and
 times each one from the rename that completes it in the inbox to its history
-row being `done` (every row accounted for in ClickHouse).
+row being `done` (every row accounted for in ClickHouse). With `--preload`, a big
+file is ingested first, so that the trickle meets tables, a dedupe table and
+late-sales reconciliations of that size, as it would after a backfill.
 
 Two clocks: `observed` is when the file appeared in the archive, where `up`
 moves it once done (what a user sees; watched every 0.02 s); `history` is the
@@ -40,6 +42,8 @@ from benchmarks._common import (  # noqa: E402
 
 TARGETS = {50: 2.0, 99: 5.0}
 """Percentile -> seconds, from issue 8."""
+PRELOAD_SEED = 8
+"""The throughput benchmark's seed: its file is then generated once for both."""
 
 
 @dataclass
@@ -101,12 +105,24 @@ def _latencies(
     return results
 
 
+def _preload(up: UpRun, rows: int, timeout: float) -> None:
+    """Ingest a file of `rows` rows and wait until it is done."""
+    path = sample_file(rows, PRELOAD_SEED)
+    staged = up.stage(path)
+    progress(f"preloading {rows:,} rows")
+    up.drop(staged)
+    check_history(staged.name, up.wait_done(staged.name, timeout).row, read_truth(path))
+
+
 def main(argv: list[str] | None = None) -> int:
     arguments = parser(__doc__ or "", timeout=300)
     arguments.add_argument("--files", type=int, default=40, help="files to drop")
     arguments.add_argument("--rows", type=int, default=1_000, help="rows per file")
     arguments.add_argument("--interval", type=float, default=0.5, help="seconds between drops")
     arguments.add_argument("--seed", type=int, default=1_000, help="seed of the first file")
+    arguments.add_argument(
+        "--preload", type=int, default=0, help="rows of a file ingested before the trickle"
+    )
     args = start(arguments, argv)
     files = [
         sample_file(args.rows, args.seed + i, prefix=f"L{i:04d}", work_dir=args.work_dir)
@@ -114,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     ]
     root = args.work_dir / "runs" / f"latency-{time.strftime('%Y%m%d-%H%M%S')}"
     with UpRun(root) as up:
+        if args.preload:
+            _preload(up, args.preload, args.timeout)
         results = _latencies(up, files, args.interval, args.timeout)
+    after = f", after a {args.preload:,}-row file" if args.preload else ""
 
     headers = ["clock", "files", "p50 s", "p90 s", "p99 s", "max s", "targets"]
     rows = []
@@ -139,11 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     notes = [
         f"{args.files} files of {args.rows:,} rows, one every {args.interval} s, each with "
         "its own order ids; every file's history equals its ground truth.",
+        *(
+            [
+                f"Before them, a {args.preload:,}-row file (seed {PRELOAD_SEED}) was ingested "
+                "into the same `up` and checked against its ground truth."
+            ]
+            if args.preload
+            else []
+        ),
         f"With {args.files} files, p99 is interpolated between the two slowest.",
         "Per file, observed (s): " + ", ".join(f"{value:.2f}" for value in observed) + ".",
     ]
     report(
-        f"Latency, {args.files} files of {args.rows:,} rows",
+        f"Latency, {args.files} files of {args.rows:,} rows{after}",
         headers,
         rows,
         verdict,
