@@ -9,6 +9,7 @@ that come back in a differently cut batch replace themselves by key.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -89,6 +90,7 @@ class ClickHouseSink:
         group_id: str,
         topics: Topics,
         database: Database,
+        late_sales_database: Database,
         config: SinkConfig,
         session_timeout_seconds: float,
         rebalance_timeout_seconds: float,
@@ -96,7 +98,9 @@ class ClickHouseSink:
         kafka_security: Mapping[str, Any] | None = None,
         read_committed: bool = False,
     ) -> None:
-        """`read_committed`: the workers publish in transactions; skip what they abort."""
+        """`late_sales_database`: a client of its own for the late-sales reconciliation,
+        which runs beside the writes. `read_committed`: the workers publish in
+        transactions; skip what they abort."""
         self._tables = {
             topics.clean.name: "sales",
             topics.dlq.name: "quarantine",
@@ -121,6 +125,7 @@ class ClickHouseSink:
             isolation_level="read_committed" if read_committed else "read_uncommitted",
         )
         self._db = database
+        self._late_db = late_sales_database
         self._history = IngestionHistory(database)
         self._config = config
         self._on_sources_done = on_sources_done
@@ -135,8 +140,11 @@ class ClickHouseSink:
         metrics.COMPONENT_UP.labels("sink").set(1)
         metrics.SINK_LAST_WRITE.set_to_current_time()
         batch = _Batch()
+        late_sales = asyncio.create_task(self._reconcile_late_sales(), name="late-sales")
         try:
             while not self._stopping.is_set():
+                if late_sales.done():
+                    late_sales.result()  # it failed: fail as a failed write would
                 fetched = await self._consumer.getmany(
                     timeout_ms=100, max_records=self._config.batch_rows
                 )
@@ -161,6 +169,9 @@ class ClickHouseSink:
             if batch.next_offsets:
                 await self._flush(batch)
         finally:
+            late_sales.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await late_sales
             metrics.COMPONENT_UP.labels("sink").set(0)
             await self._consumer.stop()
 
@@ -233,12 +244,24 @@ class ClickHouseSink:
             await self._write_isolating(table, values[:middle])
             await self._write_isolating(table, values[middle:])
 
-    async def _reconcile(self) -> None:
+    async def _reconcile_late_sales(self) -> None:
         """Bring the late sales of the windows written since last time into the
-        aggregates, and mark finished sources done, each when due; while ClickHouse is
-        away, try again next time."""
+        aggregates when due, in the background; while ClickHouse is away, try again
+        next time."""
+        while True:
+            await asyncio.sleep(max(0.0, self._late_scan.due_at - time.monotonic()))
+            try:
+                await self._when_due(self._late_scan, lambda: self._late.reconcile(self._late_db))
+            except Exception as exc:
+                if not is_retryable(exc):
+                    raise
+                metrics.SINK_ERRORS.labels("connection").inc()
+                log.warning("late sales not reconciled (%s); will retry", first_line(exc))
+
+    async def _reconcile(self) -> None:
+        """Mark finished sources done, when due; while ClickHouse is away, try again
+        next time."""
         try:
-            await self._when_due(self._late_scan, lambda: self._late.reconcile(self._db))
             done = await self._when_due(self._history_scan, self._history.reconcile)
         except Exception as exc:
             if not is_retryable(exc):

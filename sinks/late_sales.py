@@ -6,6 +6,8 @@ windows the late sales it wrote belong to, and every few seconds recomputes, for
 those windows, the totals of all their late sales from `sales` and writes them
 as one more partition of `aggregates` (`LATE_PARTITION`). The result is absolute and
 versioned like the workers' own rows, so reconciling twice gives the same totals.
+It runs beside the sink's writes, on a ClickHouse client of its own: on big tables
+one takes seconds, and files would wait for it.
 What a crash forgets is covered by reconciling every window once when the sink
 starts.
 """
@@ -73,8 +75,9 @@ def _window_names(listed: bytes) -> tuple[str, ...]:
 class LateWindows:
     """The windows whose late sales need reconciling: all of them until the first
     reconciliation (what happened before a restart is unknown), then those written
-    since the last one. The sink calls it from its one task, so nothing is added
-    while a reconciliation runs."""
+    since the last one. The sink adds windows while a reconciliation runs; those wait
+    for the next one, since the one running may have read `sales` before their rows
+    were written."""
 
     def __init__(self) -> None:
         self._everything = True
@@ -85,14 +88,26 @@ class LateWindows:
             self._touched.setdefault(window, set()).update(starts)
 
     async def reconcile(self, database: Database) -> None:
-        """Write the totals; forget the windows only once they are written."""
+        """Write the totals of the windows added so far; if that fails, keep them for
+        the next time."""
         if not (self._everything or self._touched):
             return
-        touched = {window: sorted(starts) for window, starts in self._touched.items()}
+        everything, self._everything = self._everything, False
+        taken, self._touched = self._touched, {}
+        try:
+            await self._write(database, everything, taken)
+        except BaseException:
+            self._everything = self._everything or everything
+            self.add({window: list(starts) for window, starts in taken.items()})
+            raise
+
+    @staticmethod
+    async def _write(database: Database, everything: bool, taken: dict[str, set[int]]) -> None:
+        touched = {window: sorted(starts) for window, starts in taken.items()}
         window_start = "toUnixTimestamp64Milli(window_start)"
         where = (
             "1"
-            if self._everything
+            if everything
             else " OR ".join(
                 f"(window = '{window}' AND {in_array(window_start, window, 'Int64')})"
                 for window in touched
@@ -107,4 +122,3 @@ class LateWindows:
             f"SETTINGS {_BACKGROUND_SETTINGS}",
             dict(touched),
         )
-        self._everything, self._touched = False, {}

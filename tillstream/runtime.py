@@ -268,14 +268,17 @@ class Runtime:
         return database
 
     async def _start_sink(self) -> None:
-        # The sink writes from its own thread and client, apart from the history readers.
+        # The sink writes from its own thread and client, apart from the history readers,
+        # and reconciles late sales from another, beside its writes.
         database = Database(self.settings.clickhouse_url, self.settings.clickhouse)
-        self._stack.stops.append(database.close)
+        late_sales_database = Database(self.settings.clickhouse_url, self.settings.clickhouse)
+        self._stack.stops += [database.close, late_sales_database.close]
         sink = ClickHouseSink(
             self.bootstrap_servers,
             f"{self.settings.kafka.group_prefix}-sink",
             self.topics,
             database,
+            late_sales_database,
             self.settings.sink,
             self.settings.kafka.session_timeout_seconds,
             self.settings.kafka.rebalance_timeout_seconds,

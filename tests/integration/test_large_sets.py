@@ -114,3 +114,36 @@ async def test_hundreds_of_thousands_of_accepted_orders_are_found(
 
     assert len(found) == SALES
     assert found["O-0001234"][:3] == [f"{1234:016x}", "s", 1234]
+
+
+async def test_windows_written_while_a_reconciliation_runs_are_reconciled_by_the_next(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    """The reconciliation runs on a client of its own, beside the sink's writes: one
+    that has already read `sales` must leave the windows written meanwhile for the
+    next one."""
+    db, _ = database
+    sink = Database(db.url, ClickHouseConfig())  # the sink's own client, as in `up`
+    late = LateWindows()
+    try:
+        running = asyncio.create_task(late.reconcile(db))  # every window: takes a while
+        await asyncio.sleep(0)  # it has taken the windows it reconciles and sent its query
+        sold = {**json.loads(sale(SALES)), "order_id": "O-meanwhile", "late_windows": ["month"]}
+        value = json.dumps(sold).encode()
+        await sink.insert_json_rows("sales", [value])
+        late.add(late_windows_touched([value]))
+        assert not running.done(), "the reconciliation ended before the write: nothing tested"
+        await running
+
+        await late.reconcile(db)
+    finally:
+        await sink.close()
+
+    rows = await db.rows(
+        f"SELECT window_start, orders, toString(revenue) FROM {db.name}.aggregates FINAL "
+        "WHERE window = 'month' AND dimension = 'total' AND partition = {late:UInt16}",
+        {"late": LATE_PARTITION},
+    )
+    assert [(start.strftime("%Y-%m"), orders, revenue) for start, orders, revenue in rows] == [
+        (sold["sold_at"][:7], 1, sold["revenue"])
+    ]
