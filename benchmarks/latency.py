@@ -66,6 +66,10 @@ class _Watch:
                 self.done.setdefault(name, now)
             self.stop.wait(0.02)
 
+    def count(self, staged: list[Path]) -> int:
+        """How many of these files are done: the archive may hold a preloaded file too."""
+        return sum(path.name in self.done for path in staged)
+
 
 def _latencies(
     up: UpRun, files: list[Path], interval: float, timeout: float
@@ -83,11 +87,9 @@ def _latencies(
             wall = time.time()
             dropped[path.name] = (up.drop(path), wall)
             if (index + 1) % 10 == 0:
-                done = sum(path.name in watch.done for path in staged)
-                progress(f"dropped {index + 1}/{len(staged)}; {done} done")
+                progress(f"dropped {index + 1}/{len(staged)}; {watch.count(staged)} done")
         deadline = time.monotonic() + timeout
-        # The archive may hold a preloaded file too: count only these.
-        while (done := sum(path.name in watch.done for path in staged)) < len(staged):
+        while (done := watch.count(staged)) < len(staged):
             if time.monotonic() > deadline:
                 raise BenchmarkError(f"only {done}/{len(staged)} files done after {timeout:.0f}s")
             time.sleep(0.2)
