@@ -107,9 +107,9 @@ def _latencies(
     return results
 
 
-def _preload(up: UpRun, rows: int, timeout: float) -> None:
+def _preload(up: UpRun, rows: int, timeout: float, work_dir: Path) -> None:
     """Ingest a file of `rows` rows and wait until it is done."""
-    path = sample_file(rows, PRELOAD_SEED)
+    path = sample_file(rows, PRELOAD_SEED, work_dir=work_dir)
     staged = up.stage(path)
     progress(f"preloading {rows:,} rows")
     up.drop(staged)
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     root = args.work_dir / "runs" / f"latency-{time.strftime('%Y%m%d-%H%M%S')}"
     with UpRun(root) as up:
         if args.preload:
-            _preload(up, args.preload, args.timeout)
+            _preload(up, args.preload, args.timeout, args.work_dir)
         results = _latencies(up, files, args.interval, args.timeout)
     after = f", after a {args.preload:,}-row file" if args.preload else ""
 
