@@ -183,7 +183,8 @@ def _end_to_end(
         cpu=cpu,
         agents=(
             f"Share of the run each agent spent handling messages, its waits for the cleaning "
-            f"process and the broker included: {busy}; near 100% is what the run waits on."
+            f"process and the broker included: {busy}; an agent busy most of the run is "
+            "the stage it waits for."
         ),
         profile=output,
     )
