@@ -274,7 +274,7 @@ class _Outputs:
         topic, updates = self.updates
         await publisher.publish(topic, updates, SCHEMA_HEADERS)
         for topic, changelog in self.changelogs:
-            await publisher.publish(topic, changelog)
+            await publisher.publish(topic, changelog, exact_end_offset=True)
 
 
 def _due(last_run: dict[int, float], partition: int, interval_seconds: float) -> bool:

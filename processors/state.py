@@ -139,6 +139,7 @@ async def restore_changelogs(
         restored += await publisher.publish(
             seen.changelog_topic_name,
             [changelog_message(*entry) for entry in entries],
+            exact_end_offset=True,
         )
         for partition in np.unique(order_partitions):
             mine = order_partitions == partition
@@ -152,6 +153,7 @@ async def restore_changelogs(
     await publisher.publish(
         aggregates.changelog_topic_name,
         [changelog_message(key, value, int(key.split("|", 1)[0])) for key, value in totals.items()],
+        exact_end_offset=True,
     )
     return restored
 
