@@ -12,10 +12,11 @@ from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from producers.publisher import KafkaPublisher, Message
 from tillstream.broker import EmbeddedBroker
+from tillstream.settings import KafkaConfig
+from tillstream.topics import TopicSpec, ensure_topics
 
 pytestmark = pytest.mark.integration
 
@@ -38,12 +39,11 @@ async def bootstrap(kafka_bootstrap: str) -> AsyncIterator[str]:
 
 async def test_a_changelog_group_ends_where_its_end_offset_says(bootstrap: str) -> None:
     topic = f"changelog-{uuid.uuid4().hex[:8]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, 1, 1)])
-    finally:
-        await admin.close()
+    await ensure_topics(
+        bootstrap,
+        KafkaConfig(bootstrap_servers=bootstrap),
+        [TopicSpec(topic, 1, 0, compacted=True)],
+    )
     publisher = KafkaPublisher(bootstrap, "test-end-offsets")
     await publisher.start()
     try:
