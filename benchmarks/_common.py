@@ -294,13 +294,13 @@ def check_clickhouse(pipeline: Pipeline, source_id: str, truth: GroundTruth) -> 
         raise BenchmarkError(f"not a content hash: {source_id!r}")
     where = f"WHERE source_id = '{source_id}'"  # a checked hex digest: safe to inline
     valid, revenue, units = pipeline.query(
-        f"SELECT count(), toString(sum(revenue)), sum(quantity) FROM tillstream.sales FINAL {where}"  # noqa: S608
+        f"SELECT count(), toString(sum(revenue)), sum(quantity) FROM tillstream.sales FINAL {where}"
     )[0]
     reasons = pipeline.query(
-        "SELECT reason, uniqExact(line) FROM tillstream.quarantine "  # noqa: S608
+        "SELECT reason, uniqExact(line) FROM tillstream.quarantine "
         f"ARRAY JOIN reasons AS reason {where} GROUP BY reason"
     )
-    duplicates = pipeline.scalar(f"SELECT uniqExact(line) FROM tillstream.duplicates {where}")  # noqa: S608
+    duplicates = pipeline.scalar(f"SELECT uniqExact(line) FROM tillstream.duplicates {where}")
     got = {
         "valid": int(valid),
         "revenue": Decimal(revenue),

@@ -26,9 +26,9 @@ from processors.aggregates import WINDOWS, window_bounds
 from sinks.database import Database, in_array
 from sinks.schema import LATE_PARTITION, late_sales_totals
 
-__all__ = ["LateWindows", "late_windows_touched"]
+__all__ = ["BACKGROUND_SETTINGS", "LateWindows", "late_windows_touched"]
 
-_BACKGROUND_SETTINGS = (
+BACKGROUND_SETTINGS = (
     "max_threads = 1, max_bytes_before_external_group_by = 200000000, "
     "min_insert_block_size_rows = 262144, min_insert_block_size_bytes = 33554432"
 )
@@ -119,6 +119,6 @@ class LateWindows:
             f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, units, "
             f"orders, discount_sum, {time.time_ns()} "
             f"FROM ({late_sales_totals(database.name, where)}) "
-            f"SETTINGS {_BACKGROUND_SETTINGS}",
+            f"SETTINGS {BACKGROUND_SETTINGS}",
             dict(touched),
         )

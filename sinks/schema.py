@@ -12,7 +12,14 @@ from __future__ import annotations
 from processors.aggregates import DIMENSIONS
 from sinks.database import Database
 
-__all__ = ["LATE_PARTITION", "TABLES", "VIEWS", "late_sales_totals", "migrate"]
+__all__ = [
+    "LATE_PARTITION",
+    "TABLES",
+    "VIEWS",
+    "WINDOW_START",
+    "late_sales_totals",
+    "migrate",
+]
 
 _DEDUP = "non_replicated_deduplication_window = 10000"
 _PROVENANCE = (
@@ -128,7 +135,7 @@ TABLES: dict[str, str] = {
 LATE_PARTITION = 65535
 """The `aggregates.partition` of the totals the sink reconciles from late sales."""
 
-_WINDOW_START = """multiIf(
+WINDOW_START = """multiIf(
     window = 'minute', toStartOfMinute(sold_at),
     window = 'hour', toStartOfHour(sold_at),
     window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
@@ -156,7 +163,7 @@ def late_sales_totals(db: str, where: str = "1") -> str:
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
             sum(discount) AS discount_sum
         FROM (
-            SELECT window, toDateTime64({_WINDOW_START}, 3, 'UTC') AS window_start,
+            SELECT window, toDateTime64({WINDOW_START}, 3, 'UTC') AS window_start,
                 {", ".join(by_column)}, revenue, quantity, discount
             FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
             WHERE notEmpty(late_windows) AND ({where})
