@@ -9,7 +9,6 @@ numbers) or use `FINAL`, so they are right before merges happen.
 
 from __future__ import annotations
 
-from processors.aggregates import DIMENSIONS
 from sinks.database import Database
 
 __all__ = [
@@ -147,28 +146,29 @@ def late_sales_totals(db: str, where: str = "1") -> str:
     window, in the columns of `aggregates`: what the workers could not fold. `where`
     picks windows by `window` and `window_start` before they are grouped.
 
-    One grouping set per dimension, on the same rows: fanning every late sale out into
-    a row per dimension first and grouping those took 2.4x the time on a backfill's
-    dates (docs/benchmarks.md). `grouping(column) = 0` marks the set grouped by that
-    column (the standard meaning, set here for servers whose default differs)."""
-    by_column = {column: name for name, column in DIMENSIONS.items() if column}
-    dimension = ", ".join(f"grouping({column}) = 0, '{name}'" for column, name in by_column.items())
-    key = ", ".join(f"grouping({column}) = 0, {column}" for column in by_column)
-    sets = ", ".join(
-        f"(window, window_start{', ' + column if column else ''})" for column in DIMENSIONS.values()
-    )
+    One grouping set per dimension, over the same rows: fanning every late sale out
+    into a row per dimension first, and grouping those once, took twice the time on a
+    backfill (benchmarks/late_sales.py). `grouping(column) = 0` marks the set grouped by
+    that column: the SQL standard's meaning, set here for servers whose default differs."""
     return f"""
-        SELECT window, window_start, multiIf({dimension}, 'total') AS dimension,
-            multiIf({key}, '') AS key,
+        SELECT window, window_start,
+            multiIf(grouping(product) = 0, 'product', grouping(region) = 0, 'region',
+                grouping(category) = 0, 'category', grouping(store_id) = 0, 'store',
+                'total') AS dimension,
+            multiIf(grouping(product) = 0, product, grouping(region) = 0, region,
+                grouping(category) = 0, category, grouping(store_id) = 0, store_id,
+                '') AS key,
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
             sum(discount) AS discount_sum
         FROM (
             SELECT window, toDateTime64({WINDOW_START}, 3, 'UTC') AS window_start,
-                {", ".join(by_column)}, revenue, quantity, discount
+                product, region, category, store_id, revenue, quantity, discount
             FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
             WHERE notEmpty(late_windows) AND ({where})
         )
-        GROUP BY GROUPING SETS ({sets})
+        GROUP BY GROUPING SETS ((window, window_start), (window, window_start, product),
+            (window, window_start, region), (window, window_start, category),
+            (window, window_start, store_id))
         SETTINGS force_grouping_standard_compatibility = 1"""
 
 
