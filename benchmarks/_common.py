@@ -349,7 +349,7 @@ def _statm_rss(pid: int) -> int | None:
         return None
 
 
-def _status_field(pid: int, name: str) -> int | None:
+def status_field(pid: int, name: str) -> int | None:
     """A `kB` line of /proc/<pid>/status, in bytes."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -402,7 +402,7 @@ class RssSampler:
             if rss is None:
                 continue
             total += rss
-            peak = _status_field(pid, "VmHWM")
+            peak = status_field(pid, "VmHWM")
             if peak is not None:
                 self.high_water[pid] = (_comm(pid), peak)
         self.samples.append((time.monotonic(), total))

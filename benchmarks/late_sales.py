@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import sys
 import tempfile
 import time
@@ -28,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._common import fmt_int, progress, report, start  # noqa: E402
+from benchmarks._common import fmt_int, progress, report, start, status_field  # noqa: E402
 from sinks.database import Database  # noqa: E402
 from sinks.late_sales import BACKGROUND_SETTINGS  # noqa: E402
 from sinks.schema import TABLES, WINDOW_START, late_sales_totals  # noqa: E402
@@ -95,9 +96,9 @@ async def _fill(path: Path, sales: int, seconds: str) -> None:
         await database.close()
 
 
-def _kilobytes(field: str) -> int:
-    status = Path("/proc/self/status").read_text().splitlines()
-    return next(int(line.split()[1]) for line in status if line.startswith(f"{field}:"))
+def _own_memory(field: str) -> int:
+    """Bytes of a /proc/self/status memory field (VmRSS, VmHWM)."""
+    return status_field(os.getpid(), field) or 0
 
 
 def run_query(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
@@ -108,7 +109,7 @@ def run_query(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
         database = _database(path)
         try:
             await database.rows("SELECT 1")
-            before = _kilobytes("VmRSS")
+            before = _own_memory("VmRSS")
             began = time.perf_counter()
             [checksum] = await database.rows(
                 "SELECT count(), toInt64(sum(orders)), toInt64(sum(units)), "
@@ -117,7 +118,7 @@ def run_query(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
                 f"FROM ({QUERIES[name](DATABASE)}) SETTINGS {BACKGROUND_SETTINGS}"
             )
             seconds = time.perf_counter() - began
-            return seconds, (_kilobytes("VmHWM") - before) / 1024, tuple(checksum)
+            return seconds, (_own_memory("VmHWM") - before) / 2**20, tuple(checksum)
         finally:
             await database.close()
 
