@@ -147,16 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             for name in QUERIES:
                 progress(f"{shape}: {name}")
                 figures[name] = in_fresh_process(path, name)
-        (fast, fast_mb, fast_sum), (slow, slow_mb, slow_sum) = figures.values()
-        if fast_sum != slow_sum:
-            raise SystemExit(f"{shape}: the two queries disagree: {fast_sum} != {slow_sum}")
+        (now, now_mb, totals), (before, before_mb, before_totals) = figures.values()
+        if totals != before_totals:
+            raise SystemExit(f"{shape}: the two queries disagree: {totals} != {before_totals}")
         rows += [
-            [shape, name, fmt_int(checksum[0]), f"{took:.2f}", fmt_int(mb), f"{slow / took:.2f}x"]
+            [shape, name, fmt_int(checksum[0]), f"{took:.2f}", fmt_int(mb), f"{before / took:.2f}x"]
             for name, (took, mb, checksum) in figures.items()
         ]
         notes.append(
-            f"{shape}: grouping sets {slow / fast:.2f}x the speed of a row per dimension, "
-            f"{fast_mb - slow_mb:+,.0f} MB of peak; the same totals ({fmt_int(fast_sum[0])} rows)"
+            f"{shape}: grouping sets {before / now:.2f}x the speed of a row per dimension, "
+            f"{now_mb - before_mb:+,.0f} MB of peak; the same totals ({fmt_int(totals[0])} rows)"
         )
     report(
         f"Late-sales totals, {args.sales:,} late sales",
