@@ -32,7 +32,7 @@ if str(REPO) not in sys.path:
 from benchmarks._common import fmt_int, progress, report, start, status_field  # noqa: E402
 from sinks.database import Database  # noqa: E402
 from sinks.late_sales import BACKGROUND_SETTINGS  # noqa: E402
-from sinks.schema import TABLES, WINDOW_START, late_sales_totals  # noqa: E402
+from sinks.schema import TABLES, late_sale_windows, late_sales_totals  # noqa: E402
 from tillstream.settings import ClickHouseConfig  # noqa: E402
 
 DATABASE = "bench"
@@ -45,12 +45,7 @@ def fanned_out_totals(db: str) -> str:
         SELECT window, window_start, dimension_key.1 AS dimension, dimension_key.2 AS key,
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
             sum(discount) AS discount_sum
-        FROM (
-            SELECT window, toDateTime64({WINDOW_START}, 3, 'UTC') AS window_start,
-                product, region, category, store_id, revenue, quantity, discount
-            FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
-            WHERE notEmpty(late_windows)
-        )
+        FROM ({late_sale_windows(db)})
         ARRAY JOIN [('total', ''), ('product', product), ('region', region),
             ('category', category), ('store', store_id)] AS dimension_key
         GROUP BY window, window_start, dimension, key"""

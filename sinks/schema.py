@@ -15,7 +15,7 @@ __all__ = [
     "LATE_PARTITION",
     "TABLES",
     "VIEWS",
-    "WINDOW_START",
+    "late_sale_windows",
     "late_sales_totals",
     "migrate",
 ]
@@ -134,11 +134,22 @@ TABLES: dict[str, str] = {
 LATE_PARTITION = 65535
 """The `aggregates.partition` of the totals the sink reconciles from late sales."""
 
-WINDOW_START = """multiIf(
+_WINDOW_START = """multiIf(
     window = 'minute', toStartOfMinute(sold_at),
     window = 'hour', toStartOfHour(sold_at),
     window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
     toDateTime64(toStartOfMonth(sold_at), 3, 'UTC'))"""
+
+
+def late_sale_windows(db: str, where: str = "1") -> str:
+    """Each late sale once for every window it was late for, with the window's start:
+    the rows the late-sales totals group. `where` picks windows by `window` and
+    `window_start`."""
+    return f"""
+        SELECT window, toDateTime64({_WINDOW_START}, 3, 'UTC') AS window_start,
+            product, region, category, store_id, revenue, quantity, discount
+        FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
+        WHERE notEmpty(late_windows) AND ({where})"""
 
 
 def late_sales_totals(db: str, where: str = "1") -> str:
@@ -160,12 +171,7 @@ def late_sales_totals(db: str, where: str = "1") -> str:
                 '') AS key,
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
             sum(discount) AS discount_sum
-        FROM (
-            SELECT window, toDateTime64({WINDOW_START}, 3, 'UTC') AS window_start,
-                product, region, category, store_id, revenue, quantity, discount
-            FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
-            WHERE notEmpty(late_windows) AND ({where})
-        )
+        FROM ({late_sale_windows(db, where)})
         GROUP BY GROUPING SETS ((window, window_start), (window, window_start, product),
             (window, window_start, region), (window, window_start, category),
             (window, window_start, store_id))
