@@ -37,6 +37,9 @@ from tillstream.settings import ClickHouseConfig  # noqa: E402
 
 DATABASE = "bench"
 
+Measured = tuple[float, float, tuple[int, ...]]
+"""Seconds, MB of peak RSS above the RSS before the query, a checksum of the totals."""
+
 
 def fanned_out_totals(db: str) -> str:
     """The totals as the sink computed them before grouping sets: a row per late sale,
@@ -96,11 +99,10 @@ def _own_memory(field: str) -> int:
     return status_field(os.getpid(), field) or 0
 
 
-def run_query(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
-    """In a fresh process: seconds, MB of peak RSS above the RSS before the query, and a
-    checksum of the totals."""
+def run_query(path: Path, name: str) -> Measured:
+    """Run in a fresh process, so that its peak RSS is the query's."""
 
-    async def measured() -> tuple[float, float, tuple[int, ...]]:
+    async def measured() -> Measured:
         database = _database(path)
         try:
             await database.rows("SELECT 1")
@@ -120,7 +122,7 @@ def run_query(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
     return asyncio.run(measured())
 
 
-def in_fresh_process(path: Path, name: str) -> tuple[float, float, tuple[int, ...]]:
+def in_fresh_process(path: Path, name: str) -> Measured:
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process:
         return process.submit(run_query, path, name).result()
@@ -131,14 +133,14 @@ def main(argv: list[str] | None = None) -> int:
     arguments.add_argument("--sales", type=int, default=3_000_000, help="late sales in the table")
     arguments.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = start(arguments, argv)
-    rows = []
-    notes = []
+    rows: list[list[str]] = []
+    notes: list[str] = []
     for shape, seconds in SHAPES.items():
         with tempfile.TemporaryDirectory(prefix="tillstream-late-") as folder:
             path = Path(folder) / "chdb"
             progress(f"{shape}: filling `sales` with {args.sales:,} late sales")
             asyncio.run(_fill(path, args.sales, seconds))
-            figures = {}
+            figures: dict[str, Measured] = {}
             for name in QUERIES:
                 progress(f"{shape}: {name}")
                 figures[name] = in_fresh_process(path, name)
