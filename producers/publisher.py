@@ -217,18 +217,17 @@ class KafkaPublisher:
         """Send a partition's messages in as few batches as fit, and with
         `exact_end_offset` the last message in a batch of its own (see `publish`)."""
         producer = self._producer
-        bulk, last = (group[:-1], group[-1:]) if exact_end_offset else (group, [])
         deliveries = []
         batch = producer.create_batch()
-        for message in bulk:
+        for message in group[:-1] if exact_end_offset else group:
             if not _append(batch, message, headers):
                 deliveries.append(await producer.send_batch(batch, topic, partition=partition))
                 batch = self._batch_of(message, headers)
         if batch.record_count():
             deliveries.append(await producer.send_batch(batch, topic, partition=partition))
-        for message in last:
-            batch = self._batch_of(message, headers)
-            deliveries.append(await producer.send_batch(batch, topic, partition=partition))
+        if exact_end_offset:
+            last = self._batch_of(group[-1], headers)
+            deliveries.append(await producer.send_batch(last, topic, partition=partition))
         return deliveries
 
     def _batch_of(self, message: Message, headers: list[Header]) -> BatchBuilder:
