@@ -1,23 +1,26 @@
-"""Memory and speed of the dedupe table's entries: packed against a dict of tuples.
+"""Memory and speed of the dedupe table: RocksDB on disk against a dict in memory.
 
-The `seen` table remembers every accepted order for the retention window, so its
-bytes per order are most of what a worker's memory grows by. This fills a plain
-dict (what the table held before processors/seen.py) and `SeenEntries` with the
-same orders, in chunk-sized batches as `accept` adds them, and reports bytes per
-order (tracemalloc), the time to remember an order and to look one up, and the time
-of the scan expiry makes of every order every 10 minutes, side by side in one run;
-and the bytes Faust's own store would add for an order restored from a changelog
-(its key -> partition map), which `SeenStore` does without.
+The `seen` table remembers every accepted order for the retention window, so what
+it holds in memory is most of what a worker's memory grows by with the file. This
+fills a plain dict of tuples (what Faust's memory store holds) and `SeenEntries`
+(processors/seen.py, RocksDB) with the same orders, in chunk-sized batches as
+`accept` adds them, each in a fresh process, and reports the RSS the table adds,
+the time to remember an order and to look orders up a message at a time as dedupe
+does, and the time of expiry's look for orders past retention (none are), side by
+side in one run.
 """
 
 from __future__ import annotations
 
 import argparse
-import gc
+import multiprocessing
+import os
 import sys
+import tempfile
 import time
-import tracemalloc
-from collections.abc import Callable, Iterable, Iterator, MutableMapping
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
 from itertools import repeat
 from pathlib import Path
 
@@ -25,17 +28,30 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._common import fmt_int, progress, report, start  # noqa: E402
+from benchmarks._common import fmt_int, progress, report, start, status_field  # noqa: E402
 from processors.seen import SeenEntries, SeenEntry  # noqa: E402
 
 _CHUNK = 4_000
+_MESSAGE = 1_000
+"""Sales in one `sales.validated` message: a 4,000-row chunk over 4 partitions."""
 _ORDERS_PER_SOURCE = 100_000
+_PARTITIONS = 4
 Batch = list[tuple[str, SeenEntry]]
-Layout = Callable[[], MutableMapping[str, SeenEntry]]
-LAYOUTS: dict[str, Layout] = {
-    "dict of tuples": dict,
-    "SeenEntries (packed)": SeenEntries,
-}
+DICT = "dict of tuples (memory)"
+ROCKSDB = "SeenEntries (RocksDB)"
+
+
+@dataclass(frozen=True)
+class Measured:
+    held_mb: float
+    """RSS after filling the table, above the RSS before."""
+    peak_mb: float
+    """Peak RSS while filling and reading it, above the RSS before."""
+    disk_mb: float
+    remember_s: float
+    new_s: float
+    known_s: float
+    expiry_s: float
 
 
 def batches(orders: int) -> Iterator[Batch]:
@@ -47,7 +63,7 @@ def batches(orders: int) -> Iterator[Batch]:
         source_id = f"{start_at // _ORDERS_PER_SOURCE:064x}"
         yield list(
             zip(
-                [f"ORD-{n:08d}" for n in numbers],
+                order_ids(numbers),
                 zip(
                     [f"{n * 0x9E3779B97F4A7C15 % 2**64:016x}" for n in numbers],
                     repeat(source_id),
@@ -61,61 +77,56 @@ def batches(orders: int) -> Iterator[Batch]:
         )
 
 
-def fill(layout: Layout, all_batches: Iterable[Batch]) -> MutableMapping[str, SeenEntry]:
-    entries = layout()
-    for batch in all_batches:
-        entries.update(batch)
-    return entries
+def order_ids(numbers: range) -> list[str]:
+    return [f"ORD-{n:08d}" for n in numbers]
 
 
-def bytes_per_order(layout: Layout, orders: int) -> float:
-    gc.collect()
-    tracemalloc.start()
-    entries = fill(layout, batches(orders))
-    held, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del entries
-    return held / orders
+def _rss(field: str) -> float:
+    return (status_field(os.getpid(), field) or 0) / 2**20
 
 
-def partition_map_bytes(order_ids: list[str]) -> float:
-    """What Faust's in-memory store adds for every key it restores from a changelog: the
-    key's partition, in a dict of its own (`SeenStore` keeps none)."""
-    gc.collect()
-    tracemalloc.start()
-    partition_of = dict.fromkeys(order_ids, 0)
-    held, _ = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
-    del partition_of
-    return held / len(order_ids)
-
-
-def old_orders(entries: MutableMapping[str, SeenEntry], before: int) -> list[str]:
-    """What expiry asks of the table: the orders first seen before `before`."""
-    if isinstance(entries, SeenEntries):
-        return entries.seen_before(before)
-    return [order_id for order_id, entry in entries.items() if int(entry[4]) < before]
-
-
-def timings(
-    layout: Layout, all_batches: list[Batch], known: list[str], new: list[str]
-) -> list[float]:
-    """Seconds to remember every order, to look up orders not there and orders there,
-    and to find the expired ones (none are)."""
+def measure(layout: str, orders: int, folder: str) -> Measured:
+    """Run in a fresh process, so that its RSS is the table's."""
+    before = _rss("VmRSS")
     began = time.perf_counter()
-    entries = fill(layout, all_batches)
-    remembered = time.perf_counter()
-    list(map(entries.get, new))
-    looked_up_new = time.perf_counter()
-    list(map(entries.get, known))
-    looked_up_known = time.perf_counter()
-    old_orders(entries, 0)
-    return [
-        remembered - began,
-        looked_up_new - remembered,
-        looked_up_known - looked_up_new,
-        time.perf_counter() - looked_up_known,
-    ]
+    entries: dict[str, SeenEntry] | SeenEntries = (
+        {} if layout == DICT else SeenEntries(Path(folder) / "seen")
+    )
+    for batch in batches(orders):
+        entries.update(batch)
+    remember_s = time.perf_counter() - began
+    held_mb = _rss("VmRSS") - before
+    messages = [range(at, min(at + _MESSAGE, orders)) for at in range(0, orders, _MESSAGE)]
+    known = [order_ids(numbers) for numbers in messages]
+    new = [[f"X{order_id}" for order_id in message] for message in known]
+    looked_up = []
+    for asked in (new, known):
+        began = time.perf_counter()
+        for message in asked:
+            if isinstance(entries, SeenEntries):
+                entries.get_many(message)
+            else:
+                list(map(entries.get, message))
+        looked_up.append(time.perf_counter() - began)
+    began = time.perf_counter()
+    if isinstance(entries, SeenEntries):
+        for partition in range(_PARTITIONS):
+            entries.expire(0, {partition}, _PARTITIONS)
+    else:
+        for _ in range(_PARTITIONS):
+            [order_id for order_id, entry in entries.items() if int(entry[4]) < 0]
+    expiry_s = time.perf_counter() - began
+    disk = sum(file.stat().st_size for file in Path(folder).rglob("*") if file.is_file())
+    return Measured(held_mb, _rss("VmHWM") - before, disk / 2**20, remember_s, *looked_up, expiry_s)
+
+
+def in_fresh_process(layout: str, orders: int) -> Measured:
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="tillstream-seen-") as folder,
+        ProcessPoolExecutor(max_workers=1, mp_context=spawn) as process,
+    ):
+        return process.submit(measure, layout, orders, folder).result()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -123,59 +134,50 @@ def main(argv: list[str] | None = None) -> int:
     arguments.add_argument("--orders", type=int, default=1_000_000, help="orders remembered")
     arguments.add_argument("--record", action="store_true", help="append to docs/benchmarks.md")
     args = start(arguments, argv)
-    progress(f"making {args.orders:,} orders")
-    all_batches = list(batches(args.orders))
-    order_ids = [order_id for batch in all_batches for order_id, _ in batch]
-    absent = [f"X{order_id}" for order_id in order_ids]
-    figures: dict[str, list[float]] = {}
-    for name, layout in LAYOUTS.items():
-        progress(f"{name}: remembering, looking up")
-        times = timings(layout, all_batches, order_ids, absent)
-        progress(f"{name}: bytes")
-        figures[name] = [bytes_per_order(layout, args.orders), *times]
-    progress("Faust's key -> partition map: bytes")
-    restored_extra = partition_map_bytes(order_ids)
-    baseline = figures["dict of tuples"]
+    figures: dict[str, Measured] = {}
+    for layout in (DICT, ROCKSDB):
+        progress(f"{layout}: remembering {args.orders:,} orders, looking up, expiring")
+        figures[layout] = in_fresh_process(layout, args.orders)
+    per_order = 1e6 / args.orders
     rows = [
         [
-            name,
-            fmt_int(size),
-            f"{remember / args.orders * 1e6:.2f}",
-            f"{absent_s / args.orders * 1e6:.2f}",
-            f"{present_s / args.orders * 1e6:.2f}",
-            f"{scan_s / args.orders * 1e9:.0f}",
-            f"{size / baseline[0]:.2f}x",
+            layout,
+            fmt_int(run.held_mb),
+            fmt_int(run.peak_mb),
+            fmt_int(run.disk_mb),
+            f"{run.remember_s * per_order:.2f}",
+            f"{run.new_s * per_order:.2f}",
+            f"{run.known_s * per_order:.2f}",
+            f"{run.expiry_s * 1000:.0f}",
         ]
-        for name, (size, remember, absent_s, present_s, scan_s) in figures.items()
+        for layout, run in figures.items()
     ]
-    packed = figures["SeenEntries (packed)"]
+    memory, disk = figures[DICT], figures[ROCKSDB]
     report(
-        "Dedupe table entries",
+        f"Dedupe table, {args.orders:,} orders",
         [
-            "layout",
-            "bytes per order",
+            "table",
+            "RSS held (MB)",
+            "peak RSS (MB)",
+            "disk (MB)",
             "remember (µs/order)",
             "look up, new (µs)",
             "look up, known (µs)",
-            "expiry scan (ms per million orders)",
-            "bytes vs dict",
+            f"expiry, {_PARTITIONS} partitions (ms)",
         ],
         rows,
         [
-            f"{args.orders:,} orders: packed {fmt_int(packed[0])} bytes an order against "
-            f"{fmt_int(baseline[0])} ({packed[0] / baseline[0]:.2f}x); remembering "
-            f"{packed[1] / baseline[1]:.1f}x the time, looking up a new order "
-            f"{packed[2] / baseline[2]:.1f}x, a known one {packed[3] / baseline[3]:.1f}x; "
-            f"expiry's scan {packed[4] / baseline[4]:.1f}x, {packed[4] / args.orders * 1e9:.0f} "
-            "ms per million orders remembered, once per partition every 10 minutes on the "
-            "worker's event loop",
-            f"restored from a changelog, Faust's in-memory store also maps every key to its "
-            f"partition: {fmt_int(restored_extra)} bytes an order more, which `SeenStore` "
-            "does not keep",
+            f"{args.orders:,} orders: on disk the table holds {disk.held_mb:,.0f} MB of RSS "
+            f"against {memory.held_mb:,.0f} MB in a dict; remembering takes "
+            f"{disk.remember_s / memory.remember_s:.1f}x the dict's time, looking up a new "
+            f"order {disk.new_s / memory.new_s:.1f}x, a known one "
+            f"{disk.known_s / memory.known_s:.1f}x; expiry's look "
+            f"{disk.expiry_s * 1000:.0f} ms against {memory.expiry_s * 1000:.0f} ms for the "
+            "dict's scan of every order",
         ],
         [
-            "bytes: tracemalloc of the filled table (key, entry, the dict's share); times: "
-            "one pass each, same process, same orders"
+            f"each table in a fresh process; orders remembered in batches of {_CHUNK:,} "
+            f"and looked up {_MESSAGE:,} at a time (a message); RSS from /proc/self/status"
         ],
         recorded=args.record,
     )

@@ -42,7 +42,7 @@ from processors.aggregates import (
 from processors.anomalies import RevenueBaseline, anomaly_message
 from processors.chunks import decode_validated
 from processors.cleaning_process import CleaningProcess
-from processors.dedupe import accept, classify, expire
+from processors.dedupe import accept, classify
 from processors.faust_app import App
 from processors.oversize import publish_cleaned, publish_fitting, shrink_dead_letter
 from processors.seen import SeenStore
@@ -64,8 +64,7 @@ _EVICTION_INTERVAL_SECONDS = 10.0
 not after every message."""
 _EXPIRY_INTERVAL_SECONDS = 600.0
 """How often a partition's orders past retention are looked for. Orders are kept for
-days, and the scan reads every order remembered (it took 3% of a 1M-row ingestion at
-every 10 s)."""
+days; a look reads the index of the orders remembered up to the cut-off."""
 _CHUNKS_BUFFERED_PER_AGENT = 32
 """How many messages Faust fetches ahead of each agent. Its default, 4,096, suits
 messages of one event; ours are chunks of thousands of rows, so a backlog (a big file
@@ -178,7 +177,7 @@ def build_app(
             now = datetime.now(UTC)
             message = decode_validated(event.value)
             source = message.source
-            sorted_out = classify(message, seen.entries, now)
+            sorted_out = classify(message, seen.entries.get_many(message.order_ids), now)
             marker = Marker.load(aggregates.entries, partition)
             first_time = offset > marker.offset
             facts = sale_facts(message, sorted_out.new)
@@ -241,7 +240,7 @@ def build_app(
 
     def forget(partition: int, seen_before: int) -> None:
         """Drop a partition's orders past retention, and record it."""
-        expired = expire(seen.entries, partition, partitions, seen_before)
+        expired = seen.entries.expire(seen_before, {partition}, partitions)
         seen.record((order_id, None) for order_id in expired)
         metrics.WORKER_EXPIRED.labels("seen").inc(len(expired))
 

@@ -14,18 +14,18 @@ conflict and is quarantined.
 from __future__ import annotations
 
 import functools
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import repeat
 
 from processors.aggregates import mask_windows
 from processors.chunks import ValidatedMessage, dead_letter, isoformat
-from processors.seen import SeenEntries, SeenEntry, orders_in
+from processors.seen import SeenEntry
 from producers.publisher import Message
 from tillstream.records import SCHEMA_VERSION, ReasonCode, decode, encode
 
-__all__ = ["Classified", "accept", "classify", "clean_message", "expire"]
+__all__ = ["Classified", "accept", "classify", "clean_message"]
 
 
 @dataclass
@@ -40,13 +40,15 @@ class Classified:
 
 
 def classify(
-    message: ValidatedMessage, seen: MutableMapping[str, SeenEntry], now: datetime
+    message: ValidatedMessage, accepted_before: Sequence[SeenEntry | None], now: datetime
 ) -> Classified:
+    """Sort a message's sales by what `seen` holds for each of them, in order (None:
+    not there)."""
     output = Classified()
     source = message.source
     first_here: dict[str, int] = {}
     for position, (order_id, accepted) in enumerate(
-        zip(message.order_ids, map(seen.get, message.order_ids), strict=True)
+        zip(message.order_ids, accepted_before, strict=True)
     ):
         if accepted is None:
             earlier = first_here.setdefault(order_id, position)
@@ -100,15 +102,6 @@ def accept(
         for order_id, position, mask in zip(order_ids, new, late_masks, strict=True)
     ]
     return messages, entries
-
-
-def expire(seen: SeenEntries, partition: int, partitions: int, before: int) -> list[str]:
-    """Forget this partition's orders first seen before `before` (epoch seconds):
-    the dedupe retention window. Returns the order ids forgotten."""
-    expired = orders_in(seen.seen_before(before), {partition}, partitions)
-    for order_id in expired:
-        del seen[order_id]
-    return expired
 
 
 def clean_message(order_id: str, clean_value: bytes, late_mask: int) -> Message:

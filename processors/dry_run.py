@@ -61,7 +61,8 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
             validated = decode_validated(message.value)
             unknown = [order_id for order_id in validated.order_ids if order_id not in seen]
             seen.update(await known_orders(unknown))
-            output = classify(validated, seen, now)
+            accepted_before = [seen.get(order_id) for order_id in validated.order_ids]
+            output = classify(validated, accepted_before, now)
             accept(validated, output.new, [0] * len(output.new), seen, now)
             report.valid += len(output.clean) + len(output.new)
             report.duplicates += len(output.duplicates)

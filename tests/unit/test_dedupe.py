@@ -4,7 +4,7 @@ import json
 from datetime import UTC, datetime
 
 from processors.chunks import decode_validated, validated_value
-from processors.dedupe import Classified, accept, classify, expire
+from processors.dedupe import Classified, accept, classify
 from processors.seen import SeenEntries
 from producers.publisher import partition_for
 from tillstream.records import CLEAN_FIELDS, SourceRef
@@ -34,22 +34,22 @@ def dedupe(
 ) -> Classified:
     """Classify, then accept the new sales as the agent does (with one late mask)."""
     message = decode_validated(validated_value(source, None, sales))
-    output = classify(message, seen, now)
+    output = classify(message, seen.get_many(message.order_ids), now)
     accepted, _ = accept(message, output.new, [late_mask] * len(output.new), seen, now)
     output.clean.extend(accepted)
     return output
 
 
-def test_first_delivery_of_an_order_is_clean_and_remembered() -> None:
-    seen = SeenEntries()
+def test_first_delivery_of_an_order_is_clean_and_remembered(seen: SeenEntries) -> None:
     output = dedupe(FILE_A, [sale("o1", F1, 2), sale("o2", F2, 3)], seen, NOW)
     assert [m.key for m in output.clean] == [b"o1", b"o2"]
     assert output.duplicates == [] and output.dead_letters == []
     assert list(seen["o1"]) == [F1, FILE_A.id, 2, 0, int(NOW.timestamp())]
 
 
-def test_same_content_from_another_place_is_a_duplicate_pointing_at_the_first() -> None:
-    seen = SeenEntries()
+def test_same_content_from_another_place_is_a_duplicate_pointing_at_the_first(
+    seen: SeenEntries,
+) -> None:
     dedupe(FILE_A, [sale("o1", F1, 2)], seen, NOW)
     output = dedupe(FILE_B, [sale("o1", F1, 7)], seen, NOW)
     assert output.clean == [] and output.dead_letters == []
@@ -59,8 +59,7 @@ def test_same_content_from_another_place_is_a_duplicate_pointing_at_the_first() 
     assert value["duplicate_of_source_id"] == FILE_A.id and value["duplicate_of_line"] == 2
 
 
-def test_same_order_id_with_other_content_is_quarantined_as_conflict() -> None:
-    seen = SeenEntries()
+def test_same_order_id_with_other_content_is_quarantined_as_conflict(seen: SeenEntries) -> None:
     dedupe(FILE_A, [sale("o1", F1, 2)], seen, NOW)
     output = dedupe(FILE_A, [sale("o1", F9, 40)], seen, NOW)
     assert output.clean == [] and output.duplicates == []
@@ -73,24 +72,23 @@ def test_same_order_id_with_other_content_is_quarantined_as_conflict() -> None:
     assert list(seen["o1"][:3]) == [F1, FILE_A.id, 2], "the first delivery keeps the order"
 
 
-def test_the_same_row_read_again_after_a_crash_is_passed_on_again() -> None:
-    seen = SeenEntries()
+def test_the_same_row_read_again_after_a_crash_is_passed_on_again(seen: SeenEntries) -> None:
     dedupe(FILE_A, [sale("o1", F1, 2)], seen, NOW)
     output = dedupe(FILE_A, [sale("o1", F1, 2)], seen, NOW)
     assert [m.key for m in output.clean] == [b"o1"]
     assert output.duplicates == [] and output.dead_letters == []
 
 
-def test_duplicates_within_one_batch_are_seen() -> None:
-    seen = SeenEntries()
+def test_duplicates_within_one_batch_are_seen(seen: SeenEntries) -> None:
     output = dedupe(FILE_A, [sale("o1", F1, 2), sale("o1", F1, 3), sale("o1", F2, 4)], seen, NOW)
     assert len(output.clean) == 1
     assert len(output.duplicates) == 1
     assert len(output.dead_letters) == 1
 
 
-def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for() -> None:
-    seen = SeenEntries()
+def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for(
+    seen: SeenEntries,
+) -> None:
     row = dict.fromkeys(CLEAN_FIELDS[:-1], "x")
     late = sale("o1", F1, 2, clean=row)
     [message] = dedupe(FILE_A, [late], seen, NOW, late_mask=0b0011).clean
@@ -102,14 +100,13 @@ def test_a_clean_message_is_the_cleaned_row_plus_the_windows_it_was_late_for() -
     )
 
 
-def test_orders_past_retention_are_forgotten_only_in_their_own_partition() -> None:
-    seen = SeenEntries()
+def test_orders_past_retention_are_forgotten_only_in_their_own_partition(seen: SeenEntries) -> None:
     orders = [f"o{n}" for n in range(40)]
     dedupe(FILE_A, [sale(order, F, n) for n, order in enumerate(orders)], seen, NOW)
     partition = partition_for(b"o0", 4)
     mine = {order for order in orders if partition_for(order.encode(), 4) == partition}
-    assert expire(seen, partition, 4, int(NOW.timestamp())) == [], "not older than the cut"
-    assert set(expire(seen, partition, 4, int(NOW.timestamp()) + 1)) == mine
+    assert seen.expire(int(NOW.timestamp()), {partition}, 4) == [], "not older than the cut"
+    assert set(seen.expire(int(NOW.timestamp()) + 1, {partition}, 4)) == mine
     assert set(seen) == set(orders) - mine
     assert [m.key for m in dedupe(FILE_B, [sale("o0", F, 9)], seen, NOW).clean] == [b"o0"], (
         "a forgotten order is accepted again"

@@ -1,9 +1,13 @@
-"""The `seen` table's packed memory holds what a dict would, and recovers as Faust does."""
+"""The `seen` table on disk holds what a dict would, expires what it should, and recovers
+as Faust does."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import MutableMapping
+import tempfile
+from collections.abc import Iterator, MutableMapping
+from contextlib import contextmanager
+from pathlib import Path
 from types import SimpleNamespace
 from typing import TypeVar
 
@@ -14,7 +18,7 @@ from faust.types import TP
 from hypothesis import given
 from hypothesis import strategies as st
 
-from processors.seen import SeenEntries, SeenEntry, SeenStore
+from processors.seen import SeenEntries, SeenEntry, SeenStore, SeenTableError, orders_in
 from processors.state import BatchedChangelogTable
 from producers.publisher import partitions_for
 
@@ -45,69 +49,112 @@ def applied(table: Table, changes: list[tuple[str, Entry | None]]) -> Table:
     return table
 
 
+@contextmanager
+def fresh_entries() -> Iterator[SeenEntries]:
+    """A table of its own for each example hypothesis makes."""
+    with tempfile.TemporaryDirectory() as folder:
+        entries = SeenEntries(Path(folder) / "seen")
+        try:
+            yield entries
+        finally:
+            entries.close()
+
+
 @given(changes=CHANGES)
 def test_entries_read_back_as_a_dict_would_hold_them(
     changes: list[tuple[str, Entry | None]],
 ) -> None:
-    entries, expected = applied(SeenEntries(), changes), applied({}, changes)
-    assert dict(entries.items()) == expected
-    assert [entries.get(order_id) for order_id, _ in changes] == [
-        expected.get(order_id) for order_id, _ in changes
-    ]
-    assert sorted(entries.seen_before(0)) == sorted(
-        order_id for order_id, entry in expected.items() if entry[4] < 0
-    )
+    expected = applied({}, changes)
+    with fresh_entries() as entries:
+        applied(entries, changes)
+        assert dict(entries.items()) == expected
+        assert len(entries) == len(expected)
+        asked = [order_id for order_id, _ in changes]
+        assert [entries.get(order_id) for order_id in asked] == [
+            expected.get(order_id) for order_id in asked
+        ]
+        assert entries.get_many(asked) == [expected.get(order_id) for order_id in asked]
 
 
-@given(changes=CHANGES)
-def test_a_source_id_is_let_go_once_no_order_refers_to_it(
-    changes: list[tuple[str, Entry | None]],
+@given(changes=CHANGES, cut=st.integers(-(2**63), 2**63 - 1), kept=st.sets(st.integers(0, 3)))
+def test_expiry_forgets_exactly_the_orders_of_its_partitions_first_seen_before_the_cut(
+    changes: list[tuple[str, Entry | None]], cut: int, kept: set[int]
 ) -> None:
-    """A poller makes a source id every run: they must not pile up past retention."""
-    entries = applied(SeenEntries(), changes)
-    assert set(entries._source_numbers) == {entry[1] for _, entry in entries.items()}
-    entries_left = list(entries)
-    for order_id in entries_left:
-        del entries[order_id]
-    assert entries._source_numbers == {}
+    """Also when an order was remembered anew or forgotten since: its old place in the
+    index must not take the order with it."""
+    expected = applied({}, changes)
+    mine = orders_in(list(expected), kept, PARTITIONS)
+    due = {order_id for order_id in mine if expected[order_id][4] < cut}
+    with fresh_entries() as entries:
+        applied(entries, changes)
+        assert set(entries.expire(cut, kept, PARTITIONS)) == due
+        assert dict(entries.items()) == {
+            order_id: entry for order_id, entry in expected.items() if order_id not in due
+        }
+        assert entries.expire(cut, kept, PARTITIONS) == [], "each order expires once"
 
 
-def test_an_order_id_not_there_is_none_and_a_key_error() -> None:
-    entries = SeenEntries()
-    assert entries.get("o1") is None
+def test_a_table_opened_again_starts_empty(tmp_path: Path) -> None:
+    """The changelog fills it at start-up, so what a stopped worker left is not kept."""
+    entries = SeenEntries(tmp_path / "seen")
+    entries["o1"] = ENTRY
+    entries._db.close()
+    again = SeenEntries(tmp_path / "seen")
+    assert again.get("o1") is None
+    again.close()
+    assert not (tmp_path / "seen").exists(), "closed, the table leaves nothing behind"
+
+
+def test_a_table_in_use_by_another_worker_is_a_clear_error(tmp_path: Path) -> None:
+    entries = SeenEntries(tmp_path / "seen")
+    entries["o1"] = ENTRY
+    with pytest.raises(SeenTableError, match="another worker use the same data_dir"):
+        SeenEntries(tmp_path / "seen")
+    assert entries["o1"] == ENTRY, "and the table in use is left as it was"
+    entries.close()
+
+
+def test_an_order_id_not_there_is_none_and_a_key_error(seen: SeenEntries) -> None:
+    assert seen.get("o1") is None
     with pytest.raises(KeyError):
-        entries["o1"]
+        seen["o1"]
     with pytest.raises(KeyError):
-        del entries["o1"]
+        del seen["o1"]
 
 
+@contextmanager
 def recovered(
     store_class: type[MemoryStore], changes: list[tuple[str, Entry | None]]
-) -> BatchedChangelogTable:
+) -> Iterator[BatchedChangelogTable]:
     """A `seen` table with these changes applied from its changelog, as Faust recovers
     it: each in the partition of its order id, where dedupe publishes it."""
-    table = BatchedChangelogTable(
-        faust.App("test-seen", store="memory://"),
-        name="seen",
-        partitions=PARTITIONS,
-        key_type=str,
-        store_class=store_class,
-    )
-    partitions = partitions_for([order_id.encode() for order_id, _ in changes], PARTITIONS)
-    table.apply_changelog_batch(
-        [
-            SimpleNamespace(
-                key=order_id,
-                value=None if entry is None else json.loads(json.dumps(entry)),
-                message=SimpleNamespace(
-                    value=None if entry is None else b"-", partition=int(partition)
-                ),
-            )
-            for (order_id, entry), partition in zip(changes, partitions, strict=True)
-        ]
-    )
-    assert isinstance(table.data, store_class)
-    return table
+    with tempfile.TemporaryDirectory() as folder:
+        table = BatchedChangelogTable(
+            faust.App("test-seen", store="memory://", datadir=folder),
+            name="seen",
+            partitions=PARTITIONS,
+            key_type=str,
+            store_class=store_class,
+        )
+        partitions = partitions_for([order_id.encode() for order_id, _ in changes], PARTITIONS)
+        table.apply_changelog_batch(
+            [
+                SimpleNamespace(
+                    key=order_id,
+                    value=None if entry is None else json.loads(json.dumps(entry)),
+                    message=SimpleNamespace(
+                        value=None if entry is None else b"-", partition=int(partition)
+                    ),
+                )
+                for (order_id, entry), partition in zip(changes, partitions, strict=True)
+            ]
+        )
+        assert isinstance(table.data, store_class)
+        try:
+            yield table
+        finally:
+            if isinstance(table.data.data, SeenEntries):
+                table.data.data.close()
 
 
 def held(table: BatchedChangelogTable) -> dict[str, list[str | int]]:
@@ -118,7 +165,8 @@ def held(table: BatchedChangelogTable) -> dict[str, list[str | int]]:
 def test_a_changelog_recovers_to_what_fausts_own_store_recovers(
     changes: list[tuple[str, Entry | None]],
 ) -> None:
-    assert held(recovered(SeenStore, changes)) == held(recovered(MemoryStore, changes))
+    with recovered(SeenStore, changes) as ours, recovered(MemoryStore, changes) as fausts:
+        assert held(ours) == held(fausts)
 
 
 @given(changes=CHANGES, kept=st.sets(st.integers(0, PARTITIONS - 1)))
@@ -127,20 +175,12 @@ async def test_after_a_rebalance_only_the_orders_of_partitions_kept_remain(
 ) -> None:
     """As Faust's store forgets what it restored for partitions gone elsewhere, without
     its map of every key's partition; the orders dedupe added since go as well."""
-    ours, fausts = recovered(SeenStore, changes), recovered(MemoryStore, changes)
     added_by_dedupe = {f"new{n}": ENTRY for n in range(8)}
-    ours.entries.update(added_by_dedupe)
-    active = {TP(ours.changelog_topic_name, partition) for partition in kept}
-    for table in (ours, fausts):
-        await table.data.on_recovery_completed(active, set())
-    assert ours.data._key_partition == {}
-    orders_kept = {
-        order_id
-        for order_id, partition in zip(
-            added_by_dedupe,
-            partitions_for([order_id.encode() for order_id in added_by_dedupe], PARTITIONS),
-            strict=True,
-        )
-        if partition in kept
-    }
-    assert held(ours) == held(fausts) | {order_id: list(ENTRY) for order_id in orders_kept}
+    orders_kept = set(orders_in(list(added_by_dedupe), kept, PARTITIONS))
+    with recovered(SeenStore, changes) as ours, recovered(MemoryStore, changes) as fausts:
+        ours.entries.update(added_by_dedupe)
+        active = {TP(ours.changelog_topic_name, partition) for partition in kept}
+        for table in (ours, fausts):
+            await table.data.on_recovery_completed(active, set())
+        assert ours.data._key_partition == {}
+        assert held(ours) == held(fausts) | {order_id: list(ENTRY) for order_id in orders_kept}
