@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Container, Iterable, Iterator, Mapping, MutableMapping, Sequence
+from itertools import islice
 from pathlib import Path
 from typing import Any
 
@@ -54,6 +55,9 @@ _ORDER = b"o"
 _FIRST_SEEN = b"t"
 """Key prefix of the index: `t<first seen><order id>` -> nothing."""
 _WRITE_BUFFER_BYTES = 32 * 2**20
+_ORDERS_PER_READ = 10_000
+"""Orders read at once when every order is read, so that a rebalance does not hold
+millions of order ids."""
 
 
 class SeenTableError(Exception):
@@ -66,14 +70,7 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = str(path)
-        try:
-            Rdict.destroy(self._path)
-            self._db = Rdict(self._path, _options())
-        except Exception as exc:  # rocksdict raises Exception itself
-            raise SeenTableError(
-                f"cannot open the seen table at {path} ({exc}); "
-                "does another worker use the same data_dir?"
-            ) from None
+        self._db = _emptied(self._path)
         self._unlogged = WriteOptions()
         self._unlogged.disable_wal = True
 
@@ -131,9 +128,7 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
             raise KeyError(order_id)
 
     def __iter__(self) -> Iterator[str]:
-        bounds = ReadOptions()
-        bounds.set_iterate_upper_bound(_after(_ORDER))
-        for key in self._db.keys(from_key=_ORDER, read_opt=bounds):
+        for key in self._db.keys(from_key=_ORDER, read_opt=_before(_after(_ORDER))):
             yield key[len(_ORDER) :].decode()
 
     def __len__(self) -> int:
@@ -141,23 +136,19 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
         return sum(1 for _ in self)
 
     def items(self) -> Iterator[tuple[str, SeenEntry]]:  # type: ignore[override]
-        bounds = ReadOptions()
-        bounds.set_iterate_upper_bound(_after(_ORDER))
-        for key, packed in self._db.items(from_key=_ORDER, read_opt=bounds):
+        for key, packed in self._db.items(from_key=_ORDER, read_opt=_before(_after(_ORDER))):
             yield key[len(_ORDER) :].decode(), _entry(packed)
 
     def clear(self) -> None:
         self._db.close()
-        Rdict.destroy(self._path)
-        self._db = Rdict(self._path, _options())
+        self._db = _emptied(self._path)
 
     def expire(self, before: int, partitions: Container[int], of: int) -> list[str]:
         """Forget the orders of these `partitions` (of `of`) first seen before `before`
         (epoch seconds), reading only the index's keys before it; returns their ids.
         An index key whose order was since remembered anew (or forgotten) goes alone."""
-        bounds = ReadOptions()
-        bounds.set_iterate_upper_bound(_index_key(before, b""))
-        due = list(self._db.keys(from_key=_FIRST_SEEN, read_opt=bounds))
+        upto = _before(_index_key(before, b""))
+        due = list(self._db.keys(from_key=_FIRST_SEEN, read_opt=upto))
         order_ids = [index_key[_INDEX_HEAD:] for index_key in due]
         owners = partitions_for(order_ids, of)
         current = self._db[[_ORDER + order_id for order_id in order_ids]]
@@ -172,6 +163,18 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
                 expired.append(order_id.decode())
         self._db.write(batch, self._unlogged)
         return expired
+
+
+def _emptied(path: str) -> Rdict:
+    """The database at `path`, emptied: RocksDB refuses while another process has it."""
+    try:
+        Rdict.destroy(path)
+        return Rdict(path, _options())
+    except Exception as exc:  # rocksdict raises Exception itself
+        raise SeenTableError(
+            f"cannot open the seen table at {path} ({exc}); "
+            "does another worker use the same data_dir?"
+        ) from None
 
 
 def _options() -> Options:
@@ -201,6 +204,13 @@ def _first_seen(packed: bytes) -> int:
 
 def _index_key(first_seen: int, order_id: bytes) -> bytes:
     return _FIRST_SEEN + _TIME.pack(first_seen + 2**63) + order_id
+
+
+def _before(bound: bytes) -> ReadOptions:
+    """Reading that stops before the key `bound`."""
+    options = ReadOptions()
+    options.set_iterate_upper_bound(bound)
+    return options
 
 
 def _after(prefix: bytes) -> bytes:
@@ -241,8 +251,11 @@ class SeenStore(MemoryStore):  # type: ignore[misc]
         changelog's start); the ones dedupe added since are forgotten too."""
         partitions = self.table.partitions
         gone = set(range(partitions)) - {tp.partition for tp in active_tps}
-        if gone:
-            for order_id in orders_in(list(self.data), gone, partitions):
+        if not gone:
+            return
+        remembered = iter(self.data)  # a snapshot: deleting as it goes is safe
+        while order_ids := list(islice(remembered, _ORDERS_PER_READ)):
+            for order_id in orders_in(order_ids, gone, partitions):
                 del self.data[order_id]
 
 
