@@ -16,6 +16,7 @@ every order remembered. Entries go in and come out as `SeenEntry` tuples.
 
 from __future__ import annotations
 
+import json
 import struct
 from collections.abc import Container, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import islice
@@ -45,15 +46,14 @@ tuple when read from `SeenEntries`, a list when decoded from the changelog's JSO
 _VALUE = struct.Struct("<qQqH")
 """First seen, fingerprint (16 hex digits, processors/chunks.py), line, late-window
 mask; the source id follows in UTF-8."""
-_TIME = struct.Struct(">Q")
-"""First seen in the index's keys: big-endian and offset by 2**63, so that the keys
-sort by time, negative times first."""
-_INDEX_HEAD = 1 + _TIME.size
-"""The index key's prefix and time, before the order id."""
+_INDEX_KEY = struct.Struct(">QQ")
+"""After the prefix: first seen, offset by 2**63 so that the keys sort by time, negative
+times first; then the record's number (big-endian, so that keys sort as numbers)."""
 _ORDER = b"o"
 """Key prefix of an order: `o<order id>` -> its entry."""
 _FIRST_SEEN = b"t"
-"""Key prefix of the index: `t<first seen><order id>` -> nothing."""
+"""Key prefix of the index: `t<first seen><number>` -> the ids of orders remembered
+together then, in a JSON array (a write of a message's orders makes one record)."""
 _WRITE_BUFFER_BYTES = 32 * 2**20
 _ORDERS_PER_READ = 10_000
 """Orders read at once when every order is read, so that a rebalance does not hold
@@ -71,6 +71,7 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
         path.parent.mkdir(parents=True, exist_ok=True)
         self._path = str(path)
         self._db = _emptied(self._path)
+        self._records = 0
         self._unlogged = WriteOptions()
         self._unlogged.disable_wal = True
 
@@ -101,26 +102,31 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
         self.update([(order_id, entry)])
 
     def update(self, entries: Mapping[str, SeenEntry] | Iterable[tuple[str, SeenEntry]]) -> None:
-        """Remember entries in one write. An order's index key is not looked for when it
-        is replaced (dedupe only adds new orders): expiry skips the stale one."""
+        """Remember entries in one write, with an index record per first-seen time (one
+        for a message's orders). A replaced order's old record is left as it is: expiry
+        skips an order whose entry has another time."""
         pairs = entries.items() if isinstance(entries, Mapping) else entries
         batch = WriteBatch(raw_mode=True)
+        seen_at: dict[int, list[str]] = {}
+        sources: dict[str | int, bytes] = {}
         for order_id, (fingerprint, source_id, line, mask, first_seen) in pairs:
-            key = order_id.encode()
+            source = sources.get(source_id)
+            if source is None:
+                source = sources[source_id] = str(source_id).encode()
             value = _VALUE.pack(int(first_seen), int(str(fingerprint), 16), int(line), int(mask))
-            batch.put(_ORDER + key, value + str(source_id).encode())
-            batch.put(_index_key(int(first_seen), key), b"")
+            batch.put(_ORDER + order_id.encode(), value + source)
+            seen_at.setdefault(int(first_seen), []).append(order_id)
+        for first_seen, order_ids in seen_at.items():
+            self._records += 1
+            batch.put(_record_key(first_seen, self._records), json.dumps(order_ids).encode())
         self._db.write(batch, self._unlogged)
 
     def pop(self, order_id: str, default: Any = None) -> Any:
+        """Forget an order; its id stays in its index record until expiry reads it."""
         entry = self.get(order_id)
         if entry is None:
             return default
-        key = order_id.encode()
-        batch = WriteBatch(raw_mode=True)
-        batch.delete(_ORDER + key)
-        batch.delete(_index_key(int(entry[4]), key))
-        self._db.write(batch, self._unlogged)
+        self._db.delete(_ORDER + order_id.encode(), self._unlogged)
         return entry
 
     def __delitem__(self, order_id: str) -> None:
@@ -145,24 +151,31 @@ class SeenEntries(MutableMapping[str, SeenEntry]):
 
     def expire(self, before: int, partitions: Container[int], of: int) -> list[str]:
         """Forget the orders of these `partitions` (of `of`) first seen before `before`
-        (epoch seconds), reading only the index's keys before it; returns their ids.
-        An index key whose order was since remembered anew (or forgotten) goes alone."""
-        upto = _before(_index_key(before, b""))
-        due = list(self._db.keys(from_key=_FIRST_SEEN, read_opt=upto))
-        order_ids = [index_key[_INDEX_HEAD:] for index_key in due]
-        owners = partitions_for(order_ids, of)
-        current = self._db[[_ORDER + order_id for order_id in order_ids]]
-        expired: list[str] = []
+        (epoch seconds), reading only the index records before it; returns their ids.
+        A record keeps the ids of other partitions, for their own expiry."""
+        expired: dict[str, None] = {}  # an order written twice at once is in two records
         batch = WriteBatch(raw_mode=True)
-        for index_key, order_id, owner, packed in zip(due, order_ids, owners, current, strict=True):
-            if owner not in partitions:
+        upto = _before(_record_key(before, 0))
+        for key, listed in self._db.items(from_key=_FIRST_SEEN, read_opt=upto):
+            first_seen = _INDEX_KEY.unpack_from(key, len(_FIRST_SEEN))[0] - 2**63
+            order_ids: list[str] = json.loads(listed)
+            owners = partitions_for([order_id.encode() for order_id in order_ids], of)
+            mine: list[str] = []
+            others: list[str] = []
+            for order_id, owner in zip(order_ids, owners, strict=True):
+                (mine if owner in partitions else others).append(order_id)
+            if not mine:
                 continue
-            batch.delete(index_key)
-            if packed is not None and index_key == _index_key(_first_seen(packed), order_id):
-                batch.delete(_ORDER + order_id)
-                expired.append(order_id.decode())
+            for order_id, entry in zip(mine, self.get_many(mine), strict=True):
+                if entry is not None and entry[4] == first_seen:
+                    batch.delete(_ORDER + order_id.encode())
+                    expired[order_id] = None
+            if others:
+                batch.put(key, json.dumps(others).encode())
+            else:
+                batch.delete(key)
         self._db.write(batch, self._unlogged)
-        return expired
+        return list(expired)
 
 
 def _emptied(path: str) -> Rdict:
@@ -198,12 +211,8 @@ def _entry(packed: bytes) -> tuple[str, str, int, int, int]:
     return f"{fingerprint:016x}", packed[_VALUE.size :].decode(), line, mask, first_seen
 
 
-def _first_seen(packed: bytes) -> int:
-    return int(_VALUE.unpack_from(packed)[0])
-
-
-def _index_key(first_seen: int, order_id: bytes) -> bytes:
-    return _FIRST_SEEN + _TIME.pack(first_seen + 2**63) + order_id
+def _record_key(first_seen: int, number: int) -> bytes:
+    return _FIRST_SEEN + _INDEX_KEY.pack(first_seen + 2**63, number)
 
 
 def _before(bound: bytes) -> ReadOptions:

@@ -15,20 +15,22 @@ import faust
 import pytest
 from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from processors.seen import SeenEntries, SeenEntry, SeenStore, SeenTableError, orders_in
 from processors.state import BatchedChangelogTable
 from producers.publisher import partitions_for
 
+FIRST_SEEN = st.sampled_from([-1, 0, 1_700_000_000]) | st.integers(-(2**63), 2**63 - 1)
+"""Times shared by many orders, as a message's are, and any others."""
 ORDER_IDS = st.sampled_from([f"o{n}" for n in range(6)]) | st.text(max_size=12)
 ENTRIES = st.tuples(
     st.integers(0, 2**64 - 1).map(lambda n: f"{n:016x}"),
     st.sampled_from(["a" * 64, "b" * 64]) | st.text(max_size=70),
     st.integers(-(2**63), 2**63 - 1),
     st.integers(0, 15),
-    st.integers(-(2**63), 2**63 - 1),
+    FIRST_SEEN,
 )
 CHANGES = st.lists(st.tuples(ORDER_IDS, st.none() | ENTRIES), max_size=40)
 """Updates to the table: an entry set, or an order forgotten (None)."""
@@ -41,11 +43,24 @@ Table = TypeVar("Table", bound=MutableMapping[str, SeenEntry])
 
 
 def applied(table: Table, changes: list[tuple[str, Entry | None]]) -> Table:
+    """The entries set between two orders forgotten are written at once, as dedupe and
+    recovery write them; a single one as `table[order_id] = entry`."""
+    entries: list[tuple[str, Entry]] = []
+
+    def write() -> None:
+        if len(entries) == 1:
+            table[entries[0][0]] = entries[0][1]
+        else:
+            table.update(entries)
+        entries.clear()
+
     for order_id, entry in changes:
         if entry is None:
+            write()
             table.pop(order_id, None)
         else:
-            table[order_id] = entry
+            entries.append((order_id, entry))
+    write()
     return table
 
 
@@ -76,7 +91,12 @@ def test_entries_read_back_as_a_dict_would_hold_them(
         assert entries.get_many(asked) == [expected.get(order_id) for order_id in asked]
 
 
-@given(changes=CHANGES, cut=st.integers(-(2**63), 2**63 - 1), kept=st.sets(st.integers(0, 3)))
+@given(changes=CHANGES, cut=FIRST_SEEN, kept=st.sets(st.integers(0, PARTITIONS - 1)))
+@example(  # written twice at the same time: in two index records
+    changes=[("o1", ENTRY), ("o2", None), ("o1", ENTRY)],
+    cut=ENTRY[4] + 1,
+    kept=set(range(PARTITIONS)),
+)
 def test_expiry_forgets_exactly_the_orders_of_its_partitions_first_seen_before_the_cut(
     changes: list[tuple[str, Entry | None]], cut: int, kept: set[int]
 ) -> None:
@@ -85,13 +105,22 @@ def test_expiry_forgets_exactly_the_orders_of_its_partitions_first_seen_before_t
     expected = applied({}, changes)
     mine = orders_in(list(expected), kept, PARTITIONS)
     due = {order_id for order_id in mine if expected[order_id][4] < cut}
+    all_due = {order_id for order_id, entry in expected.items() if entry[4] < cut}
     with fresh_entries() as entries:
         applied(entries, changes)
-        assert set(entries.expire(cut, kept, PARTITIONS)) == due
+        expired = entries.expire(cut, kept, PARTITIONS)
+        assert sorted(expired) == sorted(due), "each order once"
         assert dict(entries.items()) == {
             order_id: entry for order_id, entry in expected.items() if order_id not in due
         }
-        assert entries.expire(cut, kept, PARTITIONS) == [], "each order expires once"
+        assert entries.expire(cut, kept, PARTITIONS) == []
+        others = set(range(PARTITIONS)) - kept
+        assert set(entries.expire(cut, others, PARTITIONS)) == all_due - due, (
+            "the other partitions' orders wait in the index for their own expiry"
+        )
+        assert dict(entries.items()) == {
+            order_id: entry for order_id, entry in expected.items() if order_id not in all_due
+        }
 
 
 def test_a_table_opened_again_starts_empty(tmp_path: Path) -> None:
