@@ -46,7 +46,8 @@ class Measured:
     held_mb: float
     """RSS after filling the table, above the RSS before."""
     peak_mb: float
-    """Peak RSS while filling and reading it, above the RSS before."""
+    """Peak RSS while filling it, above the RSS before (the lookups' own lists of order
+    ids come after)."""
     disk_mb: float
     remember_s: float
     new_s: float
@@ -95,7 +96,7 @@ def measure(layout: str, orders: int, folder: str) -> Measured:
     for batch in batches(orders):
         entries.update(batch)
     remember_s = time.perf_counter() - began
-    held_mb = _rss("VmRSS") - before
+    held_mb, peak_mb = _rss("VmRSS") - before, _rss("VmHWM") - before
     messages = [range(at, min(at + _MESSAGE, orders)) for at in range(0, orders, _MESSAGE)]
     known = [order_ids(numbers) for numbers in messages]
     new = [[f"X{order_id}" for order_id in message] for message in known]
@@ -117,7 +118,7 @@ def measure(layout: str, orders: int, folder: str) -> Measured:
             [order_id for order_id, entry in entries.items() if int(entry[4]) < 0]
     expiry_s = time.perf_counter() - began
     disk = sum(file.stat().st_size for file in Path(folder).rglob("*") if file.is_file())
-    return Measured(held_mb, _rss("VmHWM") - before, disk / 2**20, remember_s, *looked_up, expiry_s)
+    return Measured(held_mb, peak_mb, disk / 2**20, remember_s, *looked_up, expiry_s)
 
 
 def in_fresh_process(layout: str, orders: int) -> Measured:
@@ -158,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         [
             "table",
             "RSS held (MB)",
-            "peak RSS (MB)",
+            "peak RSS filling (MB)",
             "disk (MB)",
             "remember (µs/order)",
             "look up, new (µs)",
