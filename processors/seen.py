@@ -9,9 +9,10 @@ millions of them: held in memory they were most of what `up` grew by with the fi
 The database stands in for the memory, not for the changelog: it is emptied when
 the worker starts and filled by Faust's recovery from the changelog as the memory
 store was, so recovery, rebalancing and the changelog's format are as before, and
-nothing in it needs to survive a crash (no write-ahead log). Each order is indexed
-by when it was first seen too, so that expiry reads the orders it forgets and not
-every order remembered. Entries go in and come out as `SeenEntry` tuples.
+nothing in it needs to survive a crash (no write-ahead log). Each write of orders
+adds an index record under their first-seen time, so that expiry reads the records
+of the orders it forgets, not every order remembered. Entries go in and come out as
+`SeenEntry` tuples.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from rocksdict import (
 )
 
 from producers.publisher import partitions_for
+from tillstream.settings import ConfigError
 
 __all__ = ["SeenEntries", "SeenEntry", "SeenStore", "SeenTableError", "orders_in"]
 
@@ -60,8 +62,8 @@ _ORDERS_PER_READ = 10_000
 millions of order ids."""
 
 
-class SeenTableError(Exception):
-    """The table's database could not be opened (another worker has it)."""
+class SeenTableError(ConfigError):
+    """The table's database could not be opened: another process has the `data_dir`."""
 
 
 class SeenEntries(MutableMapping[str, SeenEntry]):
