@@ -139,7 +139,6 @@ def build_app(
     seen = table(
         "seen", "order id -> its accepted delivery (processors/dedupe.py)", store_class=SeenStore
     )
-    seen.data  # noqa: B018  opens the table's database now: a data_dir in use fails at start
     aggregates = table(
         "aggregates", "partition|window|start|dimension|key -> totals (processors/aggregates.py)"
     )
