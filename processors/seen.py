@@ -230,9 +230,9 @@ def _after(prefix: bytes) -> bytes:
 
 
 class SeenStore(MemoryStore):  # type: ignore[misc]
-    """Faust's in-memory store with `SeenEntries` behind it, and without the key ->
-    partition map Faust's store keeps of every key it restores (31 bytes an order):
-    an order's partition is its id's (the clean stage routes by it)."""
+    """Faust's in-memory store with `SeenEntries` (on disk) behind it, and without the
+    key -> partition map Faust's store keeps of every key it restores (31 bytes an
+    order): an order's partition is its id's (the clean stage routes by it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -127,7 +127,7 @@ def test_a_table_opened_again_starts_empty(tmp_path: Path) -> None:
     """The changelog fills it at start-up, so what a stopped worker left is not kept."""
     entries = SeenEntries(tmp_path / "seen")
     entries["o1"] = ENTRY
-    entries._db.close()
+    entries._db.close()  # as a worker that died leaves it: closed, not deleted
     again = SeenEntries(tmp_path / "seen")
     assert again.get("o1") is None
     again.close()
