@@ -47,6 +47,7 @@ __all__ = [
     "fmt_int",
     "fmt_mb",
     "machine",
+    "own_memory_mb",
     "markdown_table",
     "parser",
     "percentile",
@@ -358,6 +359,12 @@ def status_field(pid: int, name: str) -> int | None:
     except OSError:
         return None
     return None
+
+
+def own_memory_mb(name: str) -> float:
+    """A memory line of this process's /proc/self/status (VmRSS, VmHWM), in MB: what a
+    benchmark run in a fresh process reads of itself."""
+    return (status_field(os.getpid(), name) or 0) / 2**20
 
 
 def _comm(pid: int) -> str:

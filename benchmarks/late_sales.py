@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
-import os
 import sys
 import tempfile
 import time
@@ -29,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._common import fmt_int, progress, report, start, status_field  # noqa: E402
+from benchmarks._common import fmt_int, own_memory_mb, progress, report, start  # noqa: E402
 from sinks.database import Database  # noqa: E402
 from sinks.late_sales import BACKGROUND_SETTINGS  # noqa: E402
 from sinks.schema import TABLES, late_sale_windows, late_sales_totals  # noqa: E402
@@ -94,11 +93,6 @@ async def _fill(path: Path, sales: int, seconds: str) -> None:
         await database.close()
 
 
-def _own_memory(field: str) -> int:
-    """Bytes of a /proc/self/status memory field (VmRSS, VmHWM)."""
-    return status_field(os.getpid(), field) or 0
-
-
 def run_query(path: Path, name: str) -> Measured:
     """Run in a fresh process, so that its peak RSS is the query's."""
 
@@ -106,7 +100,7 @@ def run_query(path: Path, name: str) -> Measured:
         database = _database(path)
         try:
             await database.rows("SELECT 1")
-            before = _own_memory("VmRSS")
+            before = own_memory_mb("VmRSS")
             began = time.perf_counter()
             [checksum] = await database.rows(
                 "SELECT count(), toInt64(sum(orders)), toInt64(sum(units)), "
@@ -115,7 +109,7 @@ def run_query(path: Path, name: str) -> Measured:
                 f"FROM ({QUERIES[name](DATABASE)}) SETTINGS {BACKGROUND_SETTINGS}"
             )
             seconds = time.perf_counter() - began
-            return seconds, (_own_memory("VmHWM") - before) / 2**20, tuple(checksum)
+            return seconds, own_memory_mb("VmHWM") - before, tuple(checksum)
         finally:
             await database.close()
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
-import os
 import sys
 import tempfile
 import time
@@ -28,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks._common import fmt_int, progress, report, start, status_field  # noqa: E402
+from benchmarks._common import fmt_int, own_memory_mb, progress, report, start  # noqa: E402
 from processors.seen import SeenEntries, SeenEntry  # noqa: E402
 
 _CHUNK = 4_000
@@ -82,13 +81,9 @@ def order_ids(numbers: range) -> list[str]:
     return [f"ORD-{n:08d}" for n in numbers]
 
 
-def _rss(field: str) -> float:
-    return (status_field(os.getpid(), field) or 0) / 2**20
-
-
 def measure(layout: str, orders: int, folder: str) -> Measured:
     """Run in a fresh process, so that its RSS is the table's."""
-    before = _rss("VmRSS")
+    before = own_memory_mb("VmRSS")
     began = time.perf_counter()
     entries: dict[str, SeenEntry] | SeenEntries = (
         {} if layout == DICT else SeenEntries(Path(folder) / "seen")
@@ -96,7 +91,7 @@ def measure(layout: str, orders: int, folder: str) -> Measured:
     for batch in batches(orders):
         entries.update(batch)
     remember_s = time.perf_counter() - began
-    held_mb, peak_mb = _rss("VmRSS") - before, _rss("VmHWM") - before
+    held_mb, peak_mb = own_memory_mb("VmRSS") - before, own_memory_mb("VmHWM") - before
     messages = [range(at, min(at + _MESSAGE, orders)) for at in range(0, orders, _MESSAGE)]
     known = [order_ids(numbers) for numbers in messages]
     new = [[f"X{order_id}" for order_id in message] for message in known]
