@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -44,10 +44,23 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+@contextlib.contextmanager
+def _refusals_expected(logger: str) -> Iterator[None]:
+    """Keep aiokafka from logging, as an error, a refusal that is an answer here."""
+    quieted = logging.getLogger(logger)
+    level = quieted.level
+    quieted.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        quieted.setLevel(level)
+
+
 async def wait_for_metadata(
     bootstrap_servers: str, timeout: float = 30.0, security: Mapping[str, Any] | None = None
 ) -> None:
-    """Return once the broker answers a metadata request; raise BrokerError after timeout."""
+    """Return once the broker answers a metadata request; raise BrokerError after timeout.
+    Until then a refused connection is the broker still starting, not an error."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
     while time.monotonic() < deadline:
@@ -55,7 +68,8 @@ async def wait_for_metadata(
             bootstrap_servers=bootstrap_servers, request_timeout_ms=2000, **(security or {})
         )
         try:
-            await client.bootstrap()
+            with _refusals_expected("aiokafka"):
+                await client.bootstrap()
             return
         except (KafkaError, OSError) as exc:
             last_error = exc
@@ -76,15 +90,12 @@ async def supports_transactions(
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers, transactional_id=transactional_id, **(security or {})
     )
-    sender_log = logging.getLogger("aiokafka.producer.sender")
-    level = sender_log.level
-    sender_log.setLevel(logging.CRITICAL)  # a refusal is an answer here, not an error
     try:
-        await producer.start()
+        with _refusals_expected("aiokafka.producer.sender"):
+            await producer.start()
     except KafkaError:
         return False
     finally:
-        sender_log.setLevel(level)
         await producer.stop()
     return True
 

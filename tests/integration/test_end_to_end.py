@@ -101,6 +101,15 @@ def test_a_file_written_in_pieces_lands_exactly_once_with_its_ground_truth(
         truth.rows,
     )
     assert pipeline.stop() == 0
+    # A run without a fault logs no error: not even the embedded broker still starting.
+    # (aiokafka does log a fresh Apache Kafka creating its offsets topic on the first
+    # group's request, and retries.)
+    errors = [
+        line
+        for line in pipeline.log_file.read_text().splitlines()
+        if " ERROR " in line and "GroupCoordinatorNotAvailableError" not in line
+    ]
+    assert errors == []
 
 
 def test_a_slow_writer_under_the_final_name_is_read_only_when_complete(
