@@ -9,6 +9,7 @@ import gc
 import getpass
 import json
 import logging
+import os
 import shutil
 import signal
 import sys
@@ -588,6 +589,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except ResultError as exc:
         print(f"tillstream: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`tillstream quarantine list | head`): no traceback, and
+        # nothing more written at exit to the closed pipe.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
 
 
