@@ -48,22 +48,33 @@ JSON string every quote is escaped, so a quoted name and a colon can only be a k
 def late_windows_touched(values: list[bytes]) -> dict[str, list[int]]:
     """Window size -> starts (epoch ms) of the windows these `sales.clean` values were
     late for. Once a partition's watermark moves on most sales are late for some window,
-    and parsing each whole value cost as much as the rest of the sink."""
-    sold_at: dict[str, list[str]] = {window: [] for window in WINDOWS}
+    and parsing each whole value cost as much as the rest of the sink; sales share their
+    times (a backfill's dates), so each distinct time is converted once."""
+    moments: dict[str, set[bytes]] = {window: set() for window in WINDOWS}
     for value in values:
-        late = _LATE_WINDOWS.search(value)
+        late = _late_windows(value)
+        if late is None or not late[1]:
+            continue
         moment = _SOLD_AT.search(value)
-        if late is None or moment is None or not late[1]:
+        if moment is None:
             continue
         for window in _window_names(late[1]):
-            sold_at[window].append(moment[1].decode())
+            moments[window].add(moment[1])
     touched = {}
-    for window, moments in sold_at.items():
-        if moments:
-            millis = pd.to_datetime(moments, utc=True, format="ISO8601").as_unit("ms")
+    for window, distinct in moments.items():
+        if distinct:
+            texts = [text.decode() for text in distinct]
+            millis = pd.to_datetime(texts, utc=True, format="ISO8601").as_unit("ms")
             starts, _ = window_bounds(millis.asi8, window)
             touched[window] = sorted(int(start) for start in np.unique(starts))
     return touched
+
+
+def _late_windows(value: bytes) -> re.Match[bytes] | None:
+    """The `late_windows` field, looked for first where dedupe writes it: at the end."""
+    last = value.rfind(b'"late_windows"')
+    found = _LATE_WINDOWS.match(value, last) if last >= 0 else None
+    return found or _LATE_WINDOWS.search(value)
 
 
 @functools.cache

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from processors.aggregates import WINDOWS, window_bounds
+from processors.aggregates import WINDOWS, mask_windows, window_bounds
 from processors.chunks import isoformat
 from processors.dedupe import clean_message
 from sinks.late_sales import late_windows_touched
@@ -21,19 +21,23 @@ SALES = st.lists(
         st.datetimes(datetime(2020, 1, 1), datetime(2030, 1, 1)),
         TEXT,
         st.integers(0, 2 ** len(WINDOWS) - 1),
+        st.booleans(),
     ),
     max_size=30,
 )
 
 
-def value(sold_at: datetime, product: str, late_mask: int) -> bytes:
-    """A `sales.clean` value as dedupe writes it; the product's text may look like JSON."""
+def value(sold_at: datetime, product: str, late_mask: int, late_first: bool = False) -> bytes:
+    """A `sales.clean` value as dedupe writes it, or with `late_windows` first and a
+    later text ending in its name; the texts may look like JSON."""
     row = {
         "order_id": product,
         "sold_at": isoformat(sold_at.replace(tzinfo=UTC)),
         "product": f'"sold_at":"{product}',
         "category": '"late_windows":["minute"]',
     }
+    if late_first:
+        return encode({"late_windows": mask_windows(late_mask), **row, "store_id": '"late_windows'})
     return clean_message(product, encode(row), late_mask).value or b""
 
 
@@ -51,7 +55,7 @@ def parsed(values: list[bytes]) -> dict[str, list[int]]:
 @settings(max_examples=200, deadline=None)
 @given(sales=SALES)
 def test_the_windows_touched_are_those_of_each_value_parsed_whole(
-    sales: list[tuple[datetime, str, int]],
+    sales: list[tuple[datetime, str, int, bool]],
 ) -> None:
     values = [value(*sale) for sale in sales]
     assert late_windows_touched(values) == parsed(values)
