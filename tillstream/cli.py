@@ -590,6 +590,9 @@ def main(argv: list[str] | None = None) -> int:
     except ResultError as exc:
         print(f"tillstream: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print("tillstream: interrupted", file=sys.stderr)
+        return 130  # what a shell reports for a command stopped by Ctrl-C
     except BrokenPipeError:
         # The reader went away (`tillstream quarantine list | head`): no traceback, and
         # nothing more written at exit to the closed pipe.
