@@ -38,8 +38,14 @@ class DryRunReport:
     rejected_rows: int = 0
 
 
-async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> DryRunReport:
-    """Raises UnreadableFileError as ingestion would fail the file."""
+async def dry_run(
+    path: Path,
+    settings: Settings,
+    known_orders: OrderLookup,
+    rows_read: Callable[[int], None] = lambda rows: None,
+) -> DryRunReport:
+    """Raises UnreadableFileError as ingestion would fail the file. `rows_read` hears how
+    many rows are done after each chunk: a big file takes a while."""
     source = SourceRef("file", sha256_of(path), str(path))
     report = DryRunReport(file=str(path))
     seen: dict[str, SeenEntry] = {}
@@ -67,6 +73,7 @@ async def dry_run(path: Path, settings: Settings, known_orders: OrderLookup) -> 
             report.valid += len(output.clean) + len(output.new)
             report.duplicates += len(output.duplicates)
             _count_dead_letters(report, output.dead_letters)
+        rows_read(report.rows)
     return report
 
 

@@ -384,6 +384,20 @@ def _command_quarantine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Progress:
+    """How far a long command got, a line on standard error every few seconds."""
+
+    def __init__(self, what: str, every_seconds: float = 5.0) -> None:
+        self._what = what
+        self._every = every_seconds
+        self._next = time.monotonic() + every_seconds
+
+    def __call__(self, rows: int) -> None:
+        if time.monotonic() >= self._next:
+            self._next = time.monotonic() + self._every
+            print(f"{self._what}: {rows:,} rows so far", file=sys.stderr, flush=True)
+
+
 def _command_ingest(settings: Settings, args: argparse.Namespace) -> int:
     path: Path = args.file
     if not path.is_file():
@@ -408,7 +422,7 @@ def _command_ingest(settings: Settings, args: argparse.Namespace) -> int:
             async def known_orders(order_ids: list[str]) -> dict[str, list[str | int]]:
                 return await find_accepted(reader.query, database, order_ids)
 
-            return None, await dry_run(path, settings, known_orders)
+            return None, await dry_run(path, settings, known_orders, _Progress(str(path)))
 
     try:
         earlier, report = asyncio.run(simulate())

@@ -9,6 +9,10 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from tillstream.cli import _Progress
+
 
 def test_a_reader_that_goes_away_leaves_no_traceback(tmp_path: Path) -> None:
     """`tillstream quarantine list | head`: the reader closes the pipe before the output
@@ -45,3 +49,17 @@ def test_ctrl_c_stops_a_command_with_one_line_and_no_partial_file(tmp_path: Path
     assert stderr == "tillstream: interrupted\n"
     assert running.returncode == 130
     assert list(tmp_path.iterdir()) == []
+
+
+def test_long_work_reports_how_far_it_got_every_few_seconds(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _Progress("sales.csv", every_seconds=3600)(4_000)
+    assert capsys.readouterr().err == ""
+    due = _Progress("sales.csv", every_seconds=0)
+    due(4_000)
+    due(1_000_000)
+    assert (
+        capsys.readouterr().err
+        == "sales.csv: 4,000 rows so far\nsales.csv: 1,000,000 rows so far\n"
+    )
