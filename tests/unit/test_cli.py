@@ -35,17 +35,31 @@ def test_a_reader_that_goes_away_leaves_no_traceback(tmp_path: Path) -> None:
     assert finished.returncode == 1
 
 
+def _interruptible() -> None:
+    """Ctrl-C as a terminal sends it, whatever the test process has done with SIGINT
+    (a child inherits it ignored or blocked)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+
+
 def test_ctrl_c_stops_a_command_with_one_line_and_no_partial_file(tmp_path: Path) -> None:
     command = [sys.executable, "-m", "tillstream", "generate", "--rows", "100000000"]
-    running = subprocess.Popen(
-        [*command, "--out", "s.csv"], stderr=subprocess.PIPE, cwd=tmp_path, text=True
+    running = subprocess.Popen(  # noqa: PLW1509 - only resets a signal
+        [*command, "--out", "s.csv"],
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        text=True,
+        preexec_fn=_interruptible,
     )
-    partial = tmp_path / ".s.csv.partial"
-    deadline = time.monotonic() + 60
-    while not partial.exists() and running.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    running.send_signal(signal.SIGINT)
-    _, stderr = running.communicate(timeout=60)
+    try:
+        partial = tmp_path / ".s.csv.partial"
+        deadline = time.monotonic() + 60
+        while not partial.exists() and running.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)
+        running.send_signal(signal.SIGINT)
+        _, stderr = running.communicate(timeout=60)
+    finally:
+        running.kill()
     assert stderr == "tillstream: interrupted\n"
     assert running.returncode == 130
     assert list(tmp_path.iterdir()) == []
