@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
+import itertools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -183,9 +183,7 @@ class ClickHouseSink:
         started = time.perf_counter()
         for table, values in batch.values.items():
             if values:
-                await self._retrying(
-                    f"write to {table}", functools.partial(self._write_isolating, table, values)
-                )
+                await self._retrying(f"write to {table}", self._write_counting(table, values))
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
                 metrics.SINK_LAST_WRITE.set_to_current_time()
@@ -227,11 +225,17 @@ class ClickHouseSink:
             work, f"ClickHouse {what}", self._config.retry_max_seconds, count
         )
 
-    async def _write_isolating(self, table: str, values: list[bytes]) -> None:
-        """Write a batch; if ClickHouse refuses its content, split it until the
-        offending messages are found, write the rest and log each offender."""
+    def _write_counting(self, table: str, values: list[bytes]) -> Callable[[], Awaitable[None]]:
+        """The batch's write, each call the next attempt (see `Database.insert_json_rows`)."""
+        attempts = itertools.count()
+        return lambda: self._write_isolating(table, values, next(attempts))
+
+    async def _write_isolating(self, table: str, values: list[bytes], attempt: int) -> None:
+        """Write a batch (`attempt`: how many times it failed before); if ClickHouse
+        refuses its content, split it until the offending messages are found, write the
+        rest and log each offender."""
         try:
-            await self._db.insert_json_rows(table, values)
+            await self._db.insert_json_rows(table, values, attempt)
         except Exception as exc:
             if not is_refused_data(exc):
                 raise
@@ -242,8 +246,8 @@ class ClickHouseSink:
                 )
                 return
             middle = len(values) // 2
-            await self._write_isolating(table, values[:middle])
-            await self._write_isolating(table, values[middle:])
+            await self._write_isolating(table, values[:middle], attempt)
+            await self._write_isolating(table, values[middle:], attempt)
 
     async def _reconcile_late_sales(self) -> None:
         """Bring the late sales of the windows written since last time into the

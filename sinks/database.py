@@ -187,17 +187,25 @@ class Database:
 
         return await self.run(query)
 
-    async def insert_json_rows(self, table: str, rows: list[bytes]) -> None:
+    async def insert_json_rows(self, table: str, rows: list[bytes], attempt: int = 0) -> None:
         """Insert JSON objects, one per row. The same rows in the same order give the same
         deduplication token, so inserting them again is a no-op. They are joined and
         hashed in the client's thread: hashing lets go of the GIL, and the event loop
-        goes on meanwhile."""
+        goes on meanwhile.
+
+        A retry (`attempt` above 0) has a token of its own: ClickHouse can keep a failed
+        insert's token without its rows (seen when its storage failed mid-insert), and
+        would then drop the retry as a duplicate. If the failed attempt did land after
+        all, the retry's rows are copies of the same identities, which every table
+        replaces and every count of lines ignores."""
 
         def insert(client: Client) -> None:
             block = b"\n".join(rows)
             token = hashlib.blake2b(table.encode(), digest_size=16)
             token.update(block)
             token.update(b"\n")
+            if attempt:
+                token.update(f"attempt {attempt}".encode())
             client.raw_insert(
                 f"{self.name}.{table}",
                 insert_block=block,

@@ -147,3 +147,36 @@ async def test_windows_written_while_a_reconciliation_runs_are_reconciled_by_the
     assert [(start.strftime("%Y-%m"), orders, revenue) for start, orders, revenue in rows] == [
         (sold["sold_at"][:7], 1, sold["revenue"])
     ]
+
+
+def test_a_retried_insert_lands_even_where_a_failed_attempt_left_its_token(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    """ClickHouse can keep a failed insert's deduplication token without its rows (seen
+    when a table's storage failed mid-insert); here the rows are deleted after landing,
+    which leaves the token the same way. Sent again as the same attempt they are dropped
+    as a duplicate; as the sink's retry, they land."""
+    db, _ = database
+    rows = [json.dumps({"id": f"r{number}"}).encode() for number in range(100)]
+
+    async def lines() -> int:
+        [(count,)] = await db.rows(f"SELECT count() FROM {db.name}.retried")
+        return int(count)
+
+    async def run() -> list[int]:
+        await db.command(
+            f"CREATE TABLE {db.name}.retried (id String) ENGINE = ReplacingMergeTree "
+            "ORDER BY id SETTINGS non_replicated_deduplication_window = 100"
+        )
+        await db.insert_json_rows("retried", rows)
+        await db.command(
+            f"ALTER TABLE {db.name}.retried DELETE WHERE 1 SETTINGS mutations_sync = 1"
+        )
+        seen = [await lines()]
+        await db.insert_json_rows("retried", rows)
+        seen.append(await lines())
+        await db.insert_json_rows("retried", rows, attempt=1)
+        seen.append(await lines())
+        return seen
+
+    assert asyncio.run(run()) == [0, 0, len(rows)]
