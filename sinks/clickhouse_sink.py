@@ -29,7 +29,7 @@ from sinks.database import (
     retry_while_unavailable,
 )
 from sinks.history import HistoryEntry, IngestionHistory
-from sinks.late_sales import LateWindows, late_windows_touched
+from sinks.late_sales import LateSales
 from tillstream import metrics
 from tillstream.settings import SinkConfig
 from tillstream.topics import Topics
@@ -131,7 +131,7 @@ class ClickHouseSink:
         self._config = config
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
-        self._late = LateWindows()
+        self._late_sales = LateSales()
         self._late_scan = ScanSchedule(LATE_RECONCILE_SECONDS)
         self._history_scan = ScanSchedule(RECONCILE_SECONDS)
 
@@ -187,7 +187,6 @@ class ClickHouseSink:
                 metrics.SINK_ROWS_WRITTEN.labels(table).inc(len(values))
                 metrics.SINK_BATCH_ROWS.observe(len(values))
                 metrics.SINK_LAST_WRITE.set_to_current_time()
-        self._late.add(late_windows_touched(batch.values.get("sales", [])))
         metrics.SINK_FLUSH_SECONDS.observe(time.perf_counter() - started)
         await self._commit(batch.next_offsets)
         await self._reconcile()
@@ -250,13 +249,14 @@ class ClickHouseSink:
             await self._write_isolating(table, values[middle:], attempt)
 
     async def _reconcile_late_sales(self) -> None:
-        """Bring the late sales of the windows written since last time into the
-        aggregates when due, in the background; while ClickHouse is away, try again
-        next time."""
+        """Bring the late sales written since last time into the aggregates when due,
+        in the background; while ClickHouse is away, try again next time."""
         while True:
             await asyncio.sleep(max(0.0, self._late_scan.due_at - time.monotonic()))
             try:
-                await self._when_due(self._late_scan, lambda: self._late.reconcile(self._late_db))
+                await self._when_due(
+                    self._late_scan, lambda: self._late_sales.reconcile(self._late_db)
+                )
             except Exception as exc:
                 if not is_retryable(exc):
                     raise

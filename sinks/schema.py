@@ -17,6 +17,7 @@ __all__ = [
     "VIEWS",
     "late_sale_windows",
     "late_sales_totals",
+    "late_windows_written",
     "migrate",
 ]
 
@@ -26,6 +27,9 @@ _PROVENANCE = (
     "source_id String, line UInt64"
 )
 """Where a row came from: every table of rows carries it, for per-source accounting."""
+_BLOCK_NUMBERS = "enable_block_number_column = 1"
+"""`sales` keeps the number of the insert block of each row through merges: the late
+sales' reconciliation finds what was written since its last run by it."""
 
 TABLES: dict[str, str] = {
     "sales": f"""
@@ -50,7 +54,7 @@ TABLES: dict[str, str] = {
             written_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(ingested_at)
         ORDER BY order_id
-        SETTINGS {_DEDUP}""",
+        SETTINGS {_DEDUP}, {_BLOCK_NUMBERS}""",
     "quarantine": f"""
         CREATE TABLE IF NOT EXISTS {{db}}.quarantine (
             id String,
@@ -134,11 +138,12 @@ TABLES: dict[str, str] = {
 LATE_PARTITION = 65535
 """The `aggregates.partition` of the totals the sink reconciles from late sales."""
 
-_WINDOW_START = """multiIf(
+_WINDOW_START = """toDateTime64(multiIf(
     window = 'minute', toStartOfMinute(sold_at),
     window = 'hour', toStartOfHour(sold_at),
     window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
-    toDateTime64(toStartOfMonth(sold_at), 3, 'UTC'))"""
+    toDateTime64(toStartOfMonth(sold_at), 3, 'UTC')), 3, 'UTC') AS window_start"""
+"""The start of the window `window` that a sale's `sold_at` falls in."""
 
 
 def late_sale_windows(db: str, where: str = "1") -> str:
@@ -146,10 +151,19 @@ def late_sale_windows(db: str, where: str = "1") -> str:
     the rows the late-sales totals group. `where` picks windows by `window` and
     `window_start`."""
     return f"""
-        SELECT window, toDateTime64({_WINDOW_START}, 3, 'UTC') AS window_start,
+        SELECT window, {_WINDOW_START},
             product, region, category, store_id, revenue, quantity, discount
         FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
         WHERE notEmpty(late_windows) AND ({where})"""
+
+
+def late_windows_written(db: str, after: str) -> str:
+    """`window` and `window_start` of every window that a late sale written in an
+    insert block numbered above `after` belongs to."""
+    return f"""
+        SELECT DISTINCT window, {_WINDOW_START}
+        FROM {db}.sales ARRAY JOIN late_windows AS window
+        PREWHERE _block_number > {after}"""
 
 
 def late_sales_totals(db: str, where: str = "1") -> str:
@@ -220,6 +234,8 @@ async def migrate(database: Database) -> None:
     await database.command(f"CREATE DATABASE IF NOT EXISTS {database.name}")
     for ddl in TABLES.values():
         await database.command(ddl.format(db=database.name))
+    # A `sales` created before its rows kept their block numbers.
+    await database.command(f"ALTER TABLE {database.name}.sales MODIFY SETTING {_BLOCK_NUMBERS}")
     for name, query in VIEWS.items():
         await database.command(
             f"CREATE OR REPLACE VIEW {database.name}.{name} AS {query.format(db=database.name)}"
