@@ -172,40 +172,27 @@ class IngestionHistory:
     async def _counts(
         self, source_ids: list[str]
     ) -> dict[str, tuple[int, int, dict[str, int], int]]:
-        """Distinct lines per source, which a redelivered row does not change. Counted
-        as bitmaps (`groupBitmap`): a source's lines are consecutive numbers, so one of
-        3M lines took 35 MB where `uniqExact`'s hash set took 237 MB, at every scan."""
-        db = self._db.name
-        params = {"ids": source_ids}
-        ours = in_array("source_id", "ids", "String")
-
-        async def lines_by_source(table: str) -> dict[str, int]:
-            return dict(
-                await self._db.rows(
-                    f"SELECT source_id, groupBitmap(line) FROM {db}.{table} "
-                    f"WHERE {ours} GROUP BY source_id",
-                    params,
-                )
-            )
-
-        valid_by_id = await lines_by_source("sales")
-        rejected_by_id = await lines_by_source("quarantine")
-        duplicates_by_id = await lines_by_source("duplicates")
-        by_reason = await self._db.rows(
-            f"SELECT source_id, reason, groupBitmap(line) FROM {db}.quarantine "
-            "ARRAY JOIN reasons AS reason "
-            f"WHERE {ours} GROUP BY source_id, reason",
-            params,
+        """Distinct lines per source, which a redelivered row does not change, from
+        the bitmaps of `source_lines` (sinks/schema.py)."""
+        found = await self._db.rows(
+            "SELECT source_id, outcome, reason, groupBitmapMerge(lines) "
+            f"FROM {self._db.name}.source_lines WHERE {in_array('source_id', 'ids', 'String')} "
+            "GROUP BY source_id, outcome, reason",
+            {"ids": source_ids},
         )
-        reasons_by_id: dict[str, dict[str, int]] = {}
-        for source_id, reason, count in by_reason:
-            reasons_by_id.setdefault(source_id, {})[reason] = count
+        lines: dict[tuple[str, str], int] = {}
+        reasons: dict[str, dict[str, int]] = {}
+        for source_id, outcome, reason, count in found:
+            if reason:
+                reasons.setdefault(source_id, {})[reason] = count
+            else:
+                lines[source_id, outcome] = count
         return {
             source_id: (
-                valid_by_id.get(source_id, 0),
-                rejected_by_id.get(source_id, 0),
-                reasons_by_id.get(source_id, {}),
-                duplicates_by_id.get(source_id, 0),
+                lines.get((source_id, "valid"), 0),
+                lines.get((source_id, "rejected"), 0),
+                reasons.get(source_id, {}),
+                lines.get((source_id, "duplicate"), 0),
             )
             for source_id in source_ids
         }

@@ -13,6 +13,7 @@ from sinks.database import Database
 
 __all__ = [
     "LATE_PARTITION",
+    "SOURCE_LINES",
     "TABLES",
     "VIEWS",
     "late_sale_windows",
@@ -132,7 +133,33 @@ TABLES: dict[str, str] = {
             version UInt64
         ) ENGINE = ReplacingMergeTree(version)
         ORDER BY source_id""",
+    "source_lines": """
+        CREATE TABLE IF NOT EXISTS {db}.source_lines (
+            source_id String,
+            outcome LowCardinality(String),
+            reason LowCardinality(String),
+            lines AggregateFunction(groupBitmap, UInt64)
+        ) ENGINE = AggregatingMergeTree
+        ORDER BY (source_id, outcome, reason)""",
 }
+
+SOURCE_LINES: dict[str, str] = {
+    "sales_lines": """
+        SELECT source_id, 'valid' AS outcome, '' AS reason, groupBitmapState(line) AS lines
+        FROM {db}.sales GROUP BY source_id""",
+    "quarantine_lines": """
+        SELECT source_id, 'rejected' AS outcome, reason, groupBitmapState(line) AS lines
+        FROM {db}.quarantine ARRAY JOIN arrayConcat([''], reasons) AS reason
+        GROUP BY source_id, reason""",
+    "duplicates_lines": """
+        SELECT source_id, 'duplicate' AS outcome, '' AS reason, groupBitmapState(line) AS lines
+        FROM {db}.duplicates GROUP BY source_id""",
+}
+"""The lines of every source in `sales`, `quarantine` (in all and per reason) and
+`duplicates`, kept in `source_lines` as bitmaps by materialized views, for the
+ingestion history: a redelivered row adds a line already there, so the counts are
+of distinct lines, and counting a source reads its bitmaps instead of scanning the
+tables (on a 1M-row file the scans took 3.7 s of the sink's time, more as tables grow)."""
 
 
 LATE_PARTITION = 65535
@@ -231,12 +258,22 @@ summed, late sales included."""
 
 
 async def migrate(database: Database) -> None:
-    await database.command(f"CREATE DATABASE IF NOT EXISTS {database.name}")
+    db = database.name
+    await database.command(f"CREATE DATABASE IF NOT EXISTS {db}")
     for ddl in TABLES.values():
-        await database.command(ddl.format(db=database.name))
+        await database.command(ddl.format(db=db))
     # A `sales` created before its rows kept their block numbers.
-    await database.command(f"ALTER TABLE {database.name}.sales MODIFY SETTING {_BLOCK_NUMBERS}")
-    for name, query in VIEWS.items():
+    await database.command(f"ALTER TABLE {db}.sales MODIFY SETTING {_BLOCK_NUMBERS}")
+    counting = [await database.command(f"EXISTS TABLE {db}.{name}") for name in SOURCE_LINES]
+    for name, query in SOURCE_LINES.items():
         await database.command(
-            f"CREATE OR REPLACE VIEW {database.name}.{name} AS {query.format(db=database.name)}"
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {db}.{name} TO {db}.source_lines "
+            f"AS {query.format(db=db)}"
         )
+    if not all(counting):
+        # Rows written before the views were: counted again if the views saw them too,
+        # which changes no bitmap.
+        for query in SOURCE_LINES.values():
+            await database.command(f"INSERT INTO {db}.source_lines {query.format(db=db)}")
+    for name, query in VIEWS.items():
+        await database.command(f"CREATE OR REPLACE VIEW {db}.{name} AS {query.format(db=db)}")
