@@ -45,15 +45,16 @@ FETCH_MAX_WAIT_MS = 100
 """The embedded broker answers a fetch only after this wait, even when records arrive
 meanwhile (aiokafka's default is 500 ms): it is latency added to every file."""
 RECONCILE_SECONDS = 0.5
-"""How often finished sources are looked for: the accounting queries scan the tables,
-so not after every flush of a busy sink."""
+"""How often finished sources are looked for: each look writes a history row for every
+source whose counts moved, so not after every flush of a busy sink. Every 0.1 s made
+no difference to the latency of a trickle of files (docs/benchmarks.md)."""
 LATE_RECONCILE_SECONDS = 2.0
 """How often late sales are brought into the aggregates: that recomputes whole windows."""
 SCAN_SHARE = 0.2
-"""The most of the time a periodic scan may take. The scans read whole tables, so
-they slow down as the tables grow (late sales took 3 s a scan with a million sales
-written); nothing is consumed while the history's runs, and the late-sales one takes
-CPU from the ingestion."""
+"""The most of the time a periodic scan may take. The late-sales one recomputes whole
+windows from `sales`, so it slows down as the table grows (3 s a scan with a million
+sales written) and takes CPU from the ingestion; nothing is consumed while the
+history's runs."""
 
 
 @dataclass

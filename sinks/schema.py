@@ -4,7 +4,9 @@ Every table that the pipeline writes is a ReplacingMergeTree on the row's
 natural key, and accepts insert dedup tokens: a re-delivered batch is dropped
 by its token, a re-processed row (after a crash) replaces itself by its key.
 Counting queries count distinct keys (`uniqExact`, or `groupBitmap` for line
-numbers) or use `FINAL`, so they are right before merges happen.
+numbers) or use `FINAL`, so they are right before merges happen. The ingestion
+history's counts of lines are kept as they are written, by materialized views
+(`SOURCE_LINES`).
 """
 
 from __future__ import annotations
@@ -29,8 +31,8 @@ _PROVENANCE = (
 )
 """Where a row came from: every table of rows carries it, for per-source accounting."""
 _BLOCK_NUMBERS = "enable_block_number_column = 1"
-"""`sales` keeps the number of the insert block of each row through merges: the late
-sales' reconciliation finds what was written since its last run by it."""
+"""`sales` keeps each row's insert block number through merges: by it, the late sales'
+reconciliation finds the rows written since its last run."""
 
 TABLES: dict[str, str] = {
     "sales": f"""
