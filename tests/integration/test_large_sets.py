@@ -95,6 +95,15 @@ async def late_totals(db: Database, window: str) -> list[tuple[str, int, str]]:
     return [tuple(row) for row in rows]
 
 
+async def written_rows(db: Database, window: str) -> int:
+    """Rows written to the aggregates for `window` windows, versions included."""
+    [(rows,)] = await db.rows(
+        f"SELECT count() FROM {db.name}.aggregates WHERE window = {{window:String}}",
+        {"window": window},
+    )
+    return int(rows)
+
+
 async def test_late_sales_of_hundreds_of_thousands_of_windows_are_reconciled(
     database: tuple[Database, list[bytes]],
 ) -> None:
@@ -154,9 +163,9 @@ async def test_windows_written_while_a_reconciliation_runs_are_reconciled_by_the
 async def test_a_sales_table_from_before_block_numbers_is_reconciled_after_migrating(
     database: tuple[Database, list[bytes]],
 ) -> None:
-    """A `sales` created before its rows kept their insert blocks' numbers: merged, the
-    rows would all take the merged part's first number, and a reconciliation would
-    take nothing written after the migration for new."""
+    """A `sales` created before its rows kept their insert blocks' numbers: left so,
+    rows merged after the migration would all report their merged part's first block
+    number, and a reconciliation would find nothing new."""
     db = Database(database[0].url, ClickHouseConfig(database="before_block_numbers"))
     created = TABLES["sales"].format(db=db.name).replace(", enable_block_number_column = 1", "")
     month = {"late_windows": ["month"], "ingested_at": "2020-01-01T00:00:00.000Z"}
@@ -228,15 +237,6 @@ async def test_a_file_in_flight_when_the_line_bitmaps_came_in_finishes_after_mig
     finally:
         await db.command(f"DROP DATABASE IF EXISTS {db.name}")
         await db.close()
-
-
-async def written_rows(db: Database, window: str) -> int:
-    """Rows written to the aggregates for `window` windows, versions included."""
-    [(rows,)] = await db.rows(
-        f"SELECT count() FROM {db.name}.aggregates WHERE window = {{window:String}}",
-        {"window": window},
-    )
-    return int(rows)
 
 
 def test_a_retried_insert_lands_even_where_a_failed_attempt_left_its_token(
