@@ -172,7 +172,8 @@ _WINDOW_START = """toDateTime64(multiIf(
     window = 'hour', toStartOfHour(sold_at),
     window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
     toDateTime64(toStartOfMonth(sold_at), 3, 'UTC')), 3, 'UTC') AS window_start"""
-"""The start of the window `window` that a sale's `sold_at` falls in."""
+"""The start of the window `window` that a sale's `sold_at` falls in, selected as
+`window_start`."""
 
 
 def late_sale_windows(db: str, where: str = "1") -> str:
