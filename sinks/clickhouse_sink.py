@@ -49,12 +49,12 @@ RECONCILE_SECONDS = 0.5
 source whose counts moved, so not after every flush of a busy sink. Every 0.1 s made
 no difference to the latency of a trickle of files (docs/benchmarks.md)."""
 LATE_RECONCILE_SECONDS = 2.0
-"""How often late sales are brought into the aggregates: that recomputes whole windows."""
+"""How often late sales are brought into the aggregates: each time groups all those
+written since the last, and reads the orders counted before."""
 SCAN_SHARE = 0.2
-"""The most of the time a periodic scan may take. The late-sales one recomputes whole
-windows from `sales`, so it slows down as the table grows (3 s a scan with a million
-sales written) and takes CPU from the ingestion; nothing is consumed while the
-history's runs."""
+"""The most of the time a periodic scan may take. The late-sales one takes CPU from the
+ingestion, and more as `late_orders` grows; nothing is consumed while the history's
+runs."""
 
 
 @dataclass

@@ -20,7 +20,6 @@ __all__ = [
     "VIEWS",
     "late_sale_windows",
     "late_sales_totals",
-    "late_windows_written",
     "migrate",
 ]
 
@@ -91,6 +90,7 @@ TABLES: dict[str, str] = {
             dimension LowCardinality(String),
             key String,
             partition UInt16,
+            reconciliation UInt64,
             revenue Decimal(18, 2),
             units UInt64,
             orders UInt64,
@@ -98,7 +98,7 @@ TABLES: dict[str, str] = {
             version UInt64,
             written_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (window, dimension, key, window_start, partition)
+        ORDER BY (window, dimension, key, window_start, partition, reconciliation)
         SETTINGS {_DEDUP}""",
     "anomalies": f"""
         CREATE TABLE IF NOT EXISTS {{db}}.anomalies (
@@ -143,6 +143,18 @@ TABLES: dict[str, str] = {
             lines AggregateFunction(groupBitmap, UInt64)
         ) ENGINE = AggregatingMergeTree
         ORDER BY (source_id, outcome, reason)""",
+    "late_orders": """
+        CREATE TABLE IF NOT EXISTS {db}.late_orders (
+            order_id String,
+            reconciliation UInt64
+        ) ENGINE = ReplacingMergeTree
+        ORDER BY order_id""",
+    "late_reconciliations": """
+        CREATE TABLE IF NOT EXISTS {db}.late_reconciliations (
+            upto UInt64,
+            finished_at DateTime64(3, 'UTC') DEFAULT now64(3)
+        ) ENGINE = MergeTree
+        ORDER BY upto""",
 }
 
 SOURCE_LINES: dict[str, str] = {
@@ -165,41 +177,28 @@ tables (on a 1M-row file the scans took 3.7 s of the sink's time, more as tables
 
 
 LATE_PARTITION = 65535
-"""The `aggregates.partition` of the totals the sink reconciles from late sales."""
-
-_WINDOW_START = """toDateTime64(multiIf(
-    window = 'minute', toStartOfMinute(sold_at),
-    window = 'hour', toStartOfHour(sold_at),
-    window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
-    toDateTime64(toStartOfMonth(sold_at), 3, 'UTC')), 3, 'UTC') AS window_start"""
-"""The start of the window `window` that a sale's `sold_at` falls in, selected as
-`window_start`."""
+"""The `aggregates.partition` of the totals the sink reconciles from late sales; their
+`reconciliation` tells the reconciliations apart (the workers' rows have 0)."""
 
 
-def late_sale_windows(db: str, where: str = "1") -> str:
-    """Each late sale once for every window it was late for, with the window's start:
-    the rows the late-sales totals group. `where` picks windows by `window` and
-    `window_start`."""
+def late_sale_windows(sales: str) -> str:
+    """Each late sale of the rows selected by the query `sales` once for every window
+    it was late for, with the window's start: the rows the late-sales totals group."""
     return f"""
-        SELECT window, {_WINDOW_START},
+        SELECT window,
+            toDateTime64(multiIf(
+                window = 'minute', toStartOfMinute(sold_at),
+                window = 'hour', toStartOfHour(sold_at),
+                window = 'day', toDateTime64(toStartOfDay(sold_at), 3, 'UTC'),
+                toDateTime64(toStartOfMonth(sold_at), 3, 'UTC')), 3, 'UTC') AS window_start,
             product, region, category, store_id, revenue, quantity, discount
-        FROM {db}.sales FINAL ARRAY JOIN late_windows AS window
-        WHERE notEmpty(late_windows) AND ({where})"""
+        FROM ({sales}) ARRAY JOIN late_windows AS window"""
 
 
-def late_windows_written(db: str, after: str) -> str:
-    """`window` and `window_start` of every window that a late sale written in an
-    insert block numbered above `after` belongs to."""
-    return f"""
-        SELECT DISTINCT window, {_WINDOW_START}
-        FROM {db}.sales ARRAY JOIN late_windows AS window
-        PREWHERE _block_number > {after}"""
-
-
-def late_sales_totals(db: str, where: str = "1") -> str:
-    """Totals per window and dimension value of the sales that were late for that
-    window, in the columns of `aggregates`: what the workers could not fold. `where`
-    picks windows by `window` and `window_start` before they are grouped.
+def late_sales_totals(sales: str) -> str:
+    """Totals per window and dimension value of the `sales` rows (a query, one row an
+    order) that were late for that window, in the columns of `aggregates`: what the
+    workers could not fold.
 
     One grouping set per dimension, over the same rows: fanning every late sale out
     into a row per dimension first, and grouping those once, took twice the time on a
@@ -215,7 +214,7 @@ def late_sales_totals(db: str, where: str = "1") -> str:
                 '') AS key,
             sum(revenue) AS revenue, sum(quantity) AS units, count() AS orders,
             sum(discount) AS discount_sum
-        FROM ({late_sale_windows(db, where)})
+        FROM ({late_sale_windows(sales)})
         GROUP BY GROUPING SETS ((window, window_start), (window, window_start, product),
             (window, window_start, region), (window, window_start, category),
             (window, window_start, store_id))
@@ -267,6 +266,18 @@ async def migrate(database: Database) -> None:
         await database.command(ddl.format(db=db))
     # A `sales` created before its rows kept their block numbers.
     await database.command(f"ALTER TABLE {db}.sales MODIFY SETTING {_BLOCK_NUMBERS}")
+    [(reconciliations,)] = await database.rows(
+        "SELECT count() FROM system.columns WHERE database = {db:String} "
+        "AND table = 'aggregates' AND name = 'reconciliation'",
+        {"db": db},
+    )
+    if not reconciliations:
+        # Late totals from before they were counted by reconciliation: their rows get
+        # 0, the first reconciliation's, which counts every late sale and replaces them.
+        await database.command(
+            f"ALTER TABLE {db}.aggregates ADD COLUMN reconciliation UInt64 AFTER partition, "
+            "MODIFY ORDER BY (window, dimension, key, window_start, partition, reconciliation)"
+        )
     counting = [await database.command(f"EXISTS TABLE {db}.{name}") for name in SOURCE_LINES]
     for name, query in SOURCE_LINES.items():
         await database.command(

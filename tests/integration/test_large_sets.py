@@ -11,8 +11,9 @@ sink's does in `up`, on the real engine.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from sinks.accepted_orders import find_accepted
 from sinks.database import Database
 from sinks.history import IngestionHistory, SourceStatus
 from sinks.late_sales import LateSales
-from sinks.schema import LATE_PARTITION, TABLES, migrate
+from sinks.schema import LATE_PARTITION, TABLES, late_sales_totals, migrate
 from tillstream.records import SourceRef
 from tillstream.settings import ClickHouseConfig
 
@@ -84,12 +85,30 @@ def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Databas
     asyncio.run(database.close())
 
 
+@contextlib.asynccontextmanager
+async def another_database(beside: Database, name: str) -> AsyncIterator[Database]:
+    """A database of its own on the module's engine, dropped afterwards."""
+    db = Database(beside.url, ClickHouseConfig(database=name))
+    try:
+        yield db
+    finally:
+        await db.command(f"DROP DATABASE IF EXISTS {db.name}")
+        await db.close()
+
+
+async def forget_reconciliations(db: Database) -> None:
+    """Back to a database no reconciliation has seen: the next one takes every window."""
+    for table in ("aggregates", "late_orders", "late_reconciliations"):
+        await db.command(f"TRUNCATE TABLE {db.name}.{table}")
+
+
 async def late_totals(db: Database, window: str) -> list[tuple[str, int, str]]:
     """The reconciled totals of every `window` window: start, orders, revenue."""
     rows = await db.rows(
-        f"SELECT toString(window_start), orders, toString(revenue) FROM {db.name}.aggregates "
-        "FINAL WHERE window = {window:String} AND dimension = 'total' "
-        "AND partition = {late:UInt16} ORDER BY window_start",
+        f"SELECT toString(window_start), sum(orders), toString(sum(revenue)) "
+        f"FROM {db.name}.aggregates FINAL WHERE window = {{window:String}} "
+        "AND dimension = 'total' AND partition = {late:UInt16} "
+        "GROUP BY window_start ORDER BY window_start",
         {"window": window, "late": LATE_PARTITION},
     )
     return [tuple(row) for row in rows]
@@ -104,14 +123,38 @@ async def written_rows(db: Database, window: str) -> int:
     return int(rows)
 
 
+_SUMMED = """
+    SELECT window, window_start, dimension, key, sum(revenue), sum(units), sum(orders),
+        sum(discount_sum)
+    FROM ({}) GROUP BY window, window_start, dimension, key ORDER BY ALL"""
+
+
+async def reconciled(db: Database) -> list[tuple[object, ...]]:
+    """Every late total in the aggregates, as the report views add them up."""
+    late = f"SELECT * FROM {db.name}.aggregates FINAL WHERE partition = {LATE_PARTITION}"
+    return [tuple(row) for row in await db.rows(_SUMMED.format(late))]
+
+
+async def recomputed(db: Database) -> list[tuple[object, ...]]:
+    """Every late total computed again from all of `sales`, each order once."""
+    every_late_sale = f"SELECT * FROM {db.name}.sales FINAL WHERE notEmpty(late_windows)"
+    return [tuple(row) for row in await db.rows(_SUMMED.format(late_sales_totals(every_late_sale)))]
+
+
+def again(row: bytes) -> bytes:
+    """The same sale written again, as a file read again after a crash writes it: the
+    later ingestion, which a merge of `sales` keeps."""
+    return json.dumps({**json.loads(row), "ingested_at": "2020-01-02T00:00:00.000Z"}).encode()
+
+
 async def test_late_sales_of_hundreds_of_thousands_of_windows_are_reconciled(
     database: tuple[Database, list[bytes]],
 ) -> None:
     db, _ = database
-    await db.command(f"TRUNCATE TABLE {db.name}.aggregates")
+    await forget_reconciliations(db)
     late = LateSales()
 
-    await late.reconcile(db)  # the first takes every window (what a restart forgot)
+    await late.reconcile(db)  # the first takes every window
 
     totals = await late_totals(db, "minute")
     expected_cents = sum(100 + number % 7 for number in range(SALES))
@@ -139,6 +182,7 @@ async def test_windows_written_while_a_reconciliation_runs_are_reconciled_by_the
     """The reconciliation runs on a client of its own, beside the sink's writes: what
     is written while one runs is reconciled by the next, if not by that one."""
     db, _ = database
+    await forget_reconciliations(db)
     sink = Database(db.url, ClickHouseConfig())  # the sink's own client, as in `up`
     late = LateSales()
     try:
@@ -160,22 +204,105 @@ async def test_windows_written_while_a_reconciliation_runs_are_reconciled_by_the
     assert await written_rows(db, "minute") == minute_rows, "windows not written to were redone"
 
 
+async def test_a_sale_written_again_is_counted_once_before_and_after_a_merge(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    """Orders written again within one reconciliation's rows, after being counted, and
+    after being counted and then merged into the later copy (whose block is new)."""
+    async with another_database(database[0], "written_again") as db:
+        sales = [sale(number) for number in range(12)]
+        await migrate(db)
+        late = LateSales()
+        await db.insert_json_rows("sales", sales[:6])
+        await db.insert_json_rows("sales", [again(row) for row in sales[:2]])
+        await late.reconcile(db)
+        await db.insert_json_rows("sales", [again(row) for row in sales[2:4]] + sales[6:9])
+        await late.reconcile(db)
+        await db.insert_json_rows("sales", [again(row) for row in sales[4:6]] + sales[9:])
+        await db.command(f"OPTIMIZE TABLE {db.name}.sales FINAL")
+
+        await late.reconcile(db)
+
+        assert await reconciled(db) == await recomputed(db)
+        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == len(sales)
+
+
+async def test_a_reconciliation_cut_short_is_redone_whole_after_a_restart(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    """`up` killed after a reconciliation wrote its totals and before it recorded the
+    block it reached: the next `up` takes those orders again, with what came since."""
+    async with another_database(database[0], "cut_short") as db:
+        await migrate(db)
+        late = LateSales()
+        await db.insert_json_rows("sales", [sale(number) for number in range(4)])
+        await late.reconcile(db)
+        await db.insert_json_rows("sales", [sale(number) for number in range(4, 8)])
+        await late.reconcile(db)
+        await db.command(
+            f"ALTER TABLE {db.name}.late_reconciliations DELETE WHERE upto = "
+            f"(SELECT max(upto) FROM {db.name}.late_reconciliations) "
+            "SETTINGS mutations_sync = 1"
+        )
+        await db.insert_json_rows("sales", [sale(number) for number in range(8, 12)])
+
+        await LateSales().reconcile(db)
+
+        assert await reconciled(db) == await recomputed(db)
+        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == 12
+
+
+async def test_late_totals_from_before_reconciliations_were_told_apart_are_replaced(
+    database: tuple[Database, list[bytes]],
+) -> None:
+    """An `aggregates` whose late rows were each window's whole total: migrated, the
+    first reconciliation counts every late sale again and replaces them."""
+    async with another_database(database[0], "before_reconciliations") as db:
+        created = (
+            TABLES["aggregates"]
+            .format(db=db.name)
+            .replace("reconciliation UInt64,", "")
+            .replace(", partition, reconciliation)", ", partition)")
+        )
+        await db.command(f"CREATE DATABASE {db.name}")
+        await db.command(created)
+        await db.command(TABLES["sales"].format(db=db.name))
+        await db.insert_json_rows("sales", [sale(number) for number in range(6)])
+        every_late_sale = f"SELECT * FROM {db.name}.sales FINAL WHERE notEmpty(late_windows)"
+        await db.command(
+            f"INSERT INTO {db.name}.aggregates (window, window_start, dimension, key, "
+            "partition, revenue, units, orders, discount_sum, version) "
+            f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, "
+            f"units, orders, discount_sum, 1 FROM ({late_sales_totals(every_late_sale)})"
+        )
+        await migrate(db)
+        await db.insert_json_rows("sales", [sale(number) for number in range(6, 9)])
+
+        await LateSales().reconcile(db)
+
+        assert await reconciled(db) == await recomputed(db)
+        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == 9
+
+
 async def test_a_sales_table_from_before_block_numbers_is_reconciled_after_migrating(
     database: tuple[Database, list[bytes]],
 ) -> None:
     """A `sales` created before its rows kept their insert blocks' numbers: left so,
     rows merged after the migration would all report their merged part's first block
     number, and a reconciliation would find nothing new."""
-    db = Database(database[0].url, ClickHouseConfig(database="before_block_numbers"))
-    created = TABLES["sales"].format(db=db.name).replace(", enable_block_number_column = 1", "")
     month = {"late_windows": ["month"], "ingested_at": "2020-01-01T00:00:00.000Z"}
+    async with another_database(database[0], "before_block_numbers") as db:
+        created = TABLES["sales"].format(db=db.name).replace(", enable_block_number_column = 1", "")
 
-    async def sold(number: int) -> None:
-        row = {**json.loads(sale(number)), **month, "sold_at": f"2020-{number:02d}-01T00:00:00Z"}
-        await db.insert_json_rows("sales", [json.dumps(row).encode()])
-        await db.command(f"OPTIMIZE TABLE {db.name}.sales FINAL")
+        async def sold(number: int) -> None:
+            row = {
+                **json.loads(sale(number)),
+                **month,
+                "sold_at": f"2020-{number:02d}-01T00:00:00Z",
+            }
+            await db.insert_json_rows("sales", [json.dumps(row).encode()])
+            await db.command(f"OPTIMIZE TABLE {db.name}.sales FINAL")
 
-    try:
         await db.command(f"CREATE DATABASE {db.name}")
         await db.command(created)
         await sold(1)
@@ -192,9 +319,6 @@ async def test_a_sales_table_from_before_block_numbers_is_reconciled_after_migra
             "2020-02",
             "2020-03",
         ]
-    finally:
-        await db.command(f"DROP DATABASE IF EXISTS {db.name}")
-        await db.close()
 
 
 async def test_a_file_in_flight_when_the_line_bitmaps_came_in_finishes_after_migrating(
@@ -203,16 +327,15 @@ async def test_a_file_in_flight_when_the_line_bitmaps_came_in_finishes_after_mig
     """A database from before `source_lines`: the rows a file already had in the
     tables are counted from the tables when the views are created, and the rows
     after by the views; a row written twice counts once."""
-    db = Database(database[0].url, ClickHouseConfig(database="before_source_lines"))
     source = SourceRef("file", "f" * 64, "inbox/in-flight.csv")
     provenance = {"source": source.name, "source_kind": "file", "source_id": source.id}
+    async with another_database(database[0], "before_source_lines") as db:
 
-    async def written(table: str, *rows: dict[str, object]) -> None:
-        await db.insert_json_rows(
-            table, [json.dumps({**provenance, **row}).encode() for row in rows]
-        )
+        async def written(table: str, *rows: dict[str, object]) -> None:
+            await db.insert_json_rows(
+                table, [json.dumps({**provenance, **row}).encode() for row in rows]
+            )
 
-    try:
         await db.command(f"CREATE DATABASE {db.name}")
         for name in ("sales", "quarantine", "duplicates", "ingestion_history"):
             await db.command(TABLES[name].format(db=db.name))
@@ -234,9 +357,6 @@ async def test_a_file_in_flight_when_the_line_bitmaps_came_in_finishes_after_mig
             1,
         )
         assert done.rejected_by_reason == {"invalid_price": 1}
-    finally:
-        await db.command(f"DROP DATABASE IF EXISTS {db.name}")
-        await db.close()
 
 
 def test_a_retried_insert_lands_even_where_a_failed_attempt_left_its_token(
