@@ -141,6 +141,13 @@ async def recomputed(db: Database) -> list[tuple[object, ...]]:
     return [tuple(row) for row in await db.rows(_SUMMED.format(late_sales_totals(every_late_sale)))]
 
 
+async def assert_each_order_counted_once(db: Database, orders: int) -> None:
+    """The late totals equal a recomputation from all of `sales`, and the minute
+    windows' hold `orders` orders in all."""
+    assert await reconciled(db) == await recomputed(db)
+    assert sum(count for _, count, _ in await late_totals(db, "minute")) == orders
+
+
 def again(row: bytes) -> bytes:
     """The same sale written again, as a file read again after a crash writes it: the
     later ingestion, which a merge of `sales` keeps."""
@@ -223,8 +230,7 @@ async def test_a_sale_written_again_is_counted_once_before_and_after_a_merge(
 
         await late.reconcile(db)
 
-        assert await reconciled(db) == await recomputed(db)
-        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == len(sales)
+        await assert_each_order_counted_once(db, len(sales))
 
 
 async def test_a_reconciliation_cut_short_is_redone_whole_after_a_restart(
@@ -248,8 +254,7 @@ async def test_a_reconciliation_cut_short_is_redone_whole_after_a_restart(
 
         await LateSales().reconcile(db)
 
-        assert await reconciled(db) == await recomputed(db)
-        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == 12
+        await assert_each_order_counted_once(db, 12)
 
 
 async def test_late_totals_from_before_reconciliations_were_told_apart_are_replaced(
@@ -280,8 +285,7 @@ async def test_late_totals_from_before_reconciliations_were_told_apart_are_repla
 
         await LateSales().reconcile(db)
 
-        assert await reconciled(db) == await recomputed(db)
-        assert sum(orders for _, orders, _ in await late_totals(db, "minute")) == 9
+        await assert_each_order_counted_once(db, 9)
 
 
 async def test_a_sales_table_from_before_block_numbers_is_reconciled_after_migrating(
