@@ -1,12 +1,13 @@
 """The ClickHouse schema, created idempotently at start-up.
 
-Every table that the pipeline writes is a ReplacingMergeTree on the row's
+Every table that the sink writes from Kafka is a ReplacingMergeTree on the row's
 natural key, and accepts insert dedup tokens: a re-delivered batch is dropped
 by its token, a re-processed row (after a crash) replaces itself by its key.
 Counting queries count distinct keys (`uniqExact`, or `groupBitmap` for line
 numbers) or use `FINAL`, so they are right before merges happen. The ingestion
 history's counts of lines are kept as they are written, by materialized views
-(`SOURCE_LINES`).
+(`SOURCE_LINES`); the late sales' reconciliation keeps its own record of what it
+counted (`late_orders`, `late_reconciliations`: sinks/late_sales.py).
 """
 
 from __future__ import annotations
