@@ -2,11 +2,10 @@
 
 The sink reconciles late sales into the aggregates by totalling them per window and
 dimension value (sinks/schema.py: `late_sales_totals`); in a backfill nearly every
-sale is late, and the first reconciliation after a restart totals all of them. This
-fills a `sales`
-table in chDB with a backfill's late sales, in two shapes: a date and no time of
-day (the generator's files: few distinct windows) and a second of the day each
-(nearly every sale a minute window of its own), and totals them both ways, side by
+sale is late, and the first reconciliation of a database totals all of them. This
+fills a `sales` table in chDB with a backfill's late sales, in two shapes: a date
+and no time of day (the generator's files: few distinct windows) and a second of the
+day each (nearly every sale a minute window of its own), and totals them both ways, side by
 side in one run: as the sink does, one grouping set per dimension over the rows
 fanned out by window, and as it did before, every row fanned out by dimension too
 and grouped once. Each query runs in a fresh process, whose peak RSS above its RSS
@@ -42,7 +41,7 @@ Measured = tuple[float, float, tuple[int, ...]]
 
 
 LATE_SALES = f"SELECT * FROM {DATABASE}.sales FINAL WHERE notEmpty(late_windows)"
-"""Every late sale once: what the first reconciliation after a restart totals."""
+"""Every late sale once: what the first reconciliation of a database totals."""
 
 
 def fanned_out_totals(sales: str) -> str:
