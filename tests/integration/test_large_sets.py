@@ -135,15 +135,19 @@ async def reconciled(db: Database) -> list[tuple[object, ...]]:
     return [tuple(row) for row in await db.rows(_SUMMED.format(late))]
 
 
+def every_late_sale(db: Database) -> str:
+    return f"SELECT * FROM {db.name}.sales FINAL WHERE notEmpty(late_windows)"
+
+
 async def recomputed(db: Database) -> list[tuple[object, ...]]:
     """Every late total computed again from all of `sales`, each order once."""
-    every_late_sale = f"SELECT * FROM {db.name}.sales FINAL WHERE notEmpty(late_windows)"
-    return [tuple(row) for row in await db.rows(_SUMMED.format(late_sales_totals(every_late_sale)))]
+    totals = late_sales_totals(every_late_sale(db))
+    return [tuple(row) for row in await db.rows(_SUMMED.format(totals))]
 
 
 async def assert_each_order_counted_once(db: Database, orders: int) -> None:
     """The late totals equal a recomputation from all of `sales`, and the minute
-    windows' hold `orders` orders in all."""
+    windows hold `orders` orders in all."""
     assert await reconciled(db) == await recomputed(db)
     assert sum(count for _, count, _ in await late_totals(db, "minute")) == orders
 
@@ -273,12 +277,11 @@ async def test_late_totals_from_before_reconciliations_were_told_apart_are_repla
         await db.command(created)
         await db.command(TABLES["sales"].format(db=db.name))
         await db.insert_json_rows("sales", [sale(number) for number in range(6)])
-        every_late_sale = f"SELECT * FROM {db.name}.sales FINAL WHERE notEmpty(late_windows)"
         await db.command(
             f"INSERT INTO {db.name}.aggregates (window, window_start, dimension, key, "
             "partition, revenue, units, orders, discount_sum, version) "
             f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, revenue, "
-            f"units, orders, discount_sum, 1 FROM ({late_sales_totals(every_late_sale)})"
+            f"units, orders, discount_sum, 1 FROM ({late_sales_totals(every_late_sale(db))})"
         )
         await migrate(db)
         await db.insert_json_rows("sales", [sale(number) for number in range(6, 9)])
