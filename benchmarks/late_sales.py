@@ -5,11 +5,11 @@ dimension value (sinks/schema.py: `late_sales_totals`); in a backfill nearly eve
 sale is late, and the first reconciliation of a database totals all of them. This
 fills a `sales` table in chDB with a backfill's late sales, in two shapes: a date
 and no time of day (the generator's files: few distinct windows) and a second of the
-day each (nearly every sale a minute window of its own), and totals them both ways, side by
-side in one run: as the sink does, one grouping set per dimension over the rows
-fanned out by window, and as it did before, every row fanned out by dimension too
-and grouped once. Each query runs in a fresh process, whose peak RSS above its RSS
-before the query is the memory figure; both must give the same totals.
+day each (nearly every sale a minute window of its own), and totals them both ways,
+side by side in one run: as the sink does, one grouping set per dimension over the
+rows fanned out by window, and as it did before, every row fanned out by dimension
+too and grouped once. Each query runs in a fresh process, whose peak RSS above its
+RSS before the query is the memory figure; both must give the same totals.
 """
 
 from __future__ import annotations
