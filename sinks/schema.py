@@ -153,6 +153,7 @@ TABLES: dict[str, str] = {
     "late_reconciliations": """
         CREATE TABLE IF NOT EXISTS {db}.late_reconciliations (
             upto UInt64,
+            set_start UInt64,
             finished_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = MergeTree
         ORDER BY upto""",
