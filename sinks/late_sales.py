@@ -2,12 +2,14 @@
 
 A worker drops a window's state once it is closed, so it cannot fold a sale that
 comes later; it flags the sale instead (`late_windows`). Every few seconds the sink
-totals the late sales of the orders written since the last time, per window and
-dimension value, and writes them as rows of one more partition of `aggregates`
+counts the late sales of the orders written since the last time, and writes the
+totals per window and dimension value of its set of reconciliations (the last few,
+RECONCILIATIONS_PER_SET) as rows of one more partition of `aggregates`
 (`LATE_PARTITION`), which the report views add up. It runs beside the sink's
-writes, on a ClickHouse client of its own, and reads only what is new: a backfill
-is late for nearly every window, and recomputing the touched windows from all of
-`sales` each time raised `up`'s peak on a 10M-row file by 350 MB (docs/benchmarks.md).
+writes, on a ClickHouse client of its own, and reads only what its set wrote: a
+backfill is late for nearly every window, and recomputing the touched windows from
+all of `sales` each time raised `up`'s peak on a 10M-row file by 350 MB
+(docs/benchmarks.md).
 
 "Written since the last time" is read from ClickHouse, not remembered by the sink:
 `sales` keeps each row's block number (`enable_block_number_column`), which a
@@ -15,11 +17,12 @@ table's inserts take in the order they are committed. An order is counted once,
 however often it is written (a file read again after a crash writes its sales
 again): the orders counted are kept in `late_orders`, with the reconciliation that
 counted them, since a merge of `sales` keeps one copy of an order and may keep the
-later one. A reconciliation is named by the block it starts after, and is written
-in three steps, each repeatable: its orders, their totals (absolute for the
-reconciliation, so written again they replace themselves), and the block it
-reached, in `late_reconciliations`. After a crash the next one starts after the
-last block reached, and so redoes an unfinished one whole.
+later one. A reconciliation is named by the block it starts after (a set by its
+first one's), and is written in three steps, each repeatable: its orders, its set's
+totals (absolute for the set, so written again they replace themselves), and the
+block it reached with its set, in `late_reconciliations`. After a crash the next one
+starts after the last block reached, in the set that one's record decides, and so
+redoes an unfinished one whole.
 """
 
 from __future__ import annotations
