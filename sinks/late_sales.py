@@ -2,14 +2,12 @@
 
 A worker drops a window's state once it is closed, so it cannot fold a sale that
 comes later; it flags the sale instead (`late_windows`). Every few seconds the sink
-counts the late sales of the orders written since the last time, and writes the
-totals per window and dimension value of its set of reconciliations (the last few,
-RECONCILIATIONS_PER_SET) as rows of one more partition of `aggregates`
+totals the late sales of the orders written since the last time, per window and
+dimension value, and writes them as rows of one more partition of `aggregates`
 (`LATE_PARTITION`), which the report views add up. It runs beside the sink's
-writes, on a ClickHouse client of its own, and reads only what its set wrote: a
-backfill is late for nearly every window, and recomputing the touched windows from
-all of `sales` each time raised `up`'s peak on a 10M-row file by 350 MB
-(docs/benchmarks.md).
+writes, on a ClickHouse client of its own, and reads only what is new: a backfill
+is late for nearly every window, and recomputing the touched windows from all of
+`sales` each time raised `up`'s peak on a 10M-row file by 350 MB (docs/benchmarks.md).
 
 "Written since the last time" is read from ClickHouse, not remembered by the sink:
 `sales` keeps each row's block number (`enable_block_number_column`), which a
@@ -17,12 +15,11 @@ table's inserts take in the order they are committed. An order is counted once,
 however often it is written (a file read again after a crash writes its sales
 again): the orders counted are kept in `late_orders`, with the reconciliation that
 counted them, since a merge of `sales` keeps one copy of an order and may keep the
-later one. A reconciliation is named by the block it starts after (a set by its
-first one's), and is written in three steps, each repeatable: its orders, its set's
-totals (absolute for the set, so written again they replace themselves), and the
-block it reached with its set, in `late_reconciliations`. After a crash the next one
-starts after the last block reached, in the set that one's record decides, and so
-redoes an unfinished one whole.
+later one. A reconciliation is named by the block it starts after, and is written
+in three steps, each repeatable: its orders, their totals (absolute for the
+reconciliation, so written again they replace themselves), and the block it
+reached, in `late_reconciliations`. After a crash the next one starts after the
+last block reached, and so redoes an unfinished one whole.
 """
 
 from __future__ import annotations
@@ -32,7 +29,7 @@ import time
 from sinks.database import Database
 from sinks.schema import LATE_PARTITION, late_sales_totals
 
-__all__ = ["BACKGROUND_SETTINGS", "RECONCILIATIONS_PER_SET", "LateSales"]
+__all__ = ["BACKGROUND_SETTINGS", "LateSales"]
 
 BACKGROUND_SETTINGS = (
     "max_threads = 1, max_bytes_before_external_group_by = 200000000, "
@@ -46,23 +43,12 @@ blocks of 32 MB: on the database of a 3M-row file, totalling every late sale rai
 the process's peak by 370 MB in 10.5 s, against 900 MB in 8.7 s."""
 
 
-RECONCILIATIONS_PER_SET = 4
-"""How many reconciliations in a row total their orders into the same rows of
-`aggregates` (a set, named by the block its first one started after): each rewrites
-the set's rows from all the set's orders, so this bounds that work, and each new set
-adds rows that the reports add up. With a set each, the 19 reconciliations of a
-1M-row file left 3.1M late rows for its 1.1M windows and dimension values."""
-
-
 class LateSales:
     """The late sales' reconciliations of one database, from the block of `sales` the
-    last finished one reached and the set it belonged to (read from
-    `late_reconciliations` at the first)."""
+    last finished one reached (read from `late_reconciliations` at the first)."""
 
     def __init__(self) -> None:
         self._reconciled_upto: int | None = None
-        self._set = 0
-        self._in_set = 0
 
     async def reconcile(self, database: Database) -> None:
         """Add the late sales of the orders written since the last reconciliation to
@@ -70,20 +56,12 @@ class LateSales:
         then counted, and left out next time."""
         db = database.name
         if self._reconciled_upto is None:
-            [(upto, set_start, in_set)] = await database.rows(
-                f"SELECT max(upto), argMax(set_start, upto), countIf(set_start = "
-                f"(SELECT argMax(set_start, upto) FROM {db}.late_reconciliations)) "
-                f"FROM {db}.late_reconciliations"
-            )
-            self._reconciled_upto, self._set, self._in_set = int(upto), int(set_start), in_set
+            [(upto,)] = await database.rows(f"SELECT max(upto) FROM {db}.late_reconciliations")
+            self._reconciled_upto = int(upto)
+        after = {"after": self._reconciled_upto}
         [(newest,)] = await database.rows(f"SELECT max(_block_number) FROM {db}.sales")
         if newest <= self._reconciled_upto:
             return
-        if self._in_set >= RECONCILIATIONS_PER_SET:
-            # Decided from what the last finished reconciliation recorded, so one cut
-            # short and redone decides the same.
-            self._set, self._in_set = self._reconciled_upto, 0
-        blocks = {"after": self._reconciled_upto, "set": self._set}
         written = (
             f"SELECT order_id FROM {db}.sales PREWHERE _block_number > {{after:UInt64}} "
             "WHERE notEmpty(late_windows)"
@@ -94,25 +72,23 @@ class LateSales:
             f"WHERE order_id NOT IN (SELECT order_id FROM {db}.late_orders "
             f"PREWHERE reconciliation < {{after:UInt64}} WHERE order_id IN ({written})) "
             f"SETTINGS {BACKGROUND_SETTINGS}",
-            blocks,
+            after,
         )
         counted = (
-            f"SELECT * FROM {db}.sales PREWHERE _block_number > {{set:UInt64}} "
+            f"SELECT * FROM {db}.sales PREWHERE _block_number > {{after:UInt64}} "
             f"WHERE order_id IN (SELECT order_id FROM {db}.late_orders "
-            "WHERE reconciliation >= {set:UInt64}) LIMIT 1 BY order_id"
+            "WHERE reconciliation = {after:UInt64}) LIMIT 1 BY order_id"
         )
         await database.command(
             f"INSERT INTO {db}.aggregates (window, window_start, dimension, key, partition, "
             "reconciliation, revenue, units, orders, discount_sum, version) "
             f"SELECT window, window_start, dimension, key, {LATE_PARTITION}, "
-            f"{{set:UInt64}}, revenue, units, orders, discount_sum, {time.time_ns()} "
+            f"{{after:UInt64}}, revenue, units, orders, discount_sum, {time.time_ns()} "
             f"FROM ({late_sales_totals(counted)}) SETTINGS {BACKGROUND_SETTINGS}",
-            blocks,
+            after,
         )
         await database.command(
-            f"INSERT INTO {db}.late_reconciliations (upto, set_start) "
-            "VALUES ({newest:UInt64}, {set:UInt64})",
-            {"newest": newest, "set": self._set},
+            f"INSERT INTO {db}.late_reconciliations (upto) VALUES ({{newest:UInt64}})",
+            {"newest": newest},
         )
         self._reconciled_upto = newest
-        self._in_set += 1

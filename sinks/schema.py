@@ -153,7 +153,6 @@ TABLES: dict[str, str] = {
     "late_reconciliations": """
         CREATE TABLE IF NOT EXISTS {db}.late_reconciliations (
             upto UInt64,
-            set_start UInt64,
             finished_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = MergeTree
         ORDER BY upto""",
@@ -180,7 +179,7 @@ tables (on a 1M-row file the scans took 3.7 s of the sink's time, more as tables
 
 LATE_PARTITION = 65535
 """The `aggregates.partition` of the totals the sink reconciles from late sales; their
-`reconciliation` tells the sets of reconciliations apart (the workers' rows have 0)."""
+`reconciliation` tells the reconciliations apart (the workers' rows have 0)."""
 
 
 def late_sale_windows(sales: str) -> str:
