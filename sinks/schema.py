@@ -30,6 +30,8 @@ _PROVENANCE = (
     "source_id String, line UInt64"
 )
 """Where a row came from: every table of rows carries it, for per-source accounting."""
+_AGGREGATES_KEY = "(window, dimension, key, window_start, partition, reconciliation)"
+"""The identity of an `aggregates` row; `migrate` gives an older table the same."""
 _BLOCK_NUMBERS = "enable_block_number_column = 1"
 """`sales` keeps each row's insert block number through merges: by it, the late sales'
 reconciliation finds the rows written since its last run."""
@@ -99,7 +101,7 @@ TABLES: dict[str, str] = {
             version UInt64,
             written_at DateTime64(3, 'UTC') DEFAULT now64(3)
         ) ENGINE = ReplacingMergeTree(version)
-        ORDER BY (window, dimension, key, window_start, partition, reconciliation)
+        ORDER BY {_AGGREGATES_KEY}
         SETTINGS {_DEDUP}""",
     "anomalies": f"""
         CREATE TABLE IF NOT EXISTS {{db}}.anomalies (
@@ -277,7 +279,7 @@ async def migrate(database: Database) -> None:
         # 0, the first reconciliation's, which counts every late sale and replaces them.
         await database.command(
             f"ALTER TABLE {db}.aggregates ADD COLUMN reconciliation UInt64 AFTER partition, "
-            "MODIFY ORDER BY (window, dimension, key, window_start, partition, reconciliation)"
+            f"MODIFY ORDER BY {_AGGREGATES_KEY}"
         )
     counting = [await database.command(f"EXISTS TABLE {db}.{name}") for name in SOURCE_LINES]
     for name, query in SOURCE_LINES.items():
