@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -11,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tillstream.cli import _Progress
+from tillstream.cli import MALLOC_ARENAS, _Progress
 
 
 def test_a_reader_that_goes_away_leaves_no_traceback(tmp_path: Path) -> None:
@@ -76,3 +77,45 @@ def test_long_work_reports_how_far_it_got_every_few_seconds(
         capsys.readouterr().err
         == "sales.csv: 4,000 rows so far\nsales.csv: 1,000,000 rows so far\n"
     )
+
+
+_ARENAS_AFTER_THREADS = """
+import ctypes, sys, threading
+from tillstream.cli import limit_malloc_arenas
+if sys.argv[1] == "limited":
+    limit_malloc_arenas()
+together = threading.Barrier(8)
+kept = []
+def allocate():
+    together.wait()
+    kept.append(bytes(100_000))
+    together.wait()
+threads = [threading.Thread(target=allocate) for _ in range(8)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+libc = ctypes.CDLL(None)
+libc.malloc_info(0, ctypes.c_void_p.in_dll(libc, "stdout"))
+libc.fflush(None)
+"""
+"""Eight threads, all alive at once, each allocate from malloc (above pymalloc's 512 bytes,
+below the 128 KiB that glibc maps on its own); then glibc lists its arenas, one
+`<heap nr=...>` each."""
+
+
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="glibc only")
+def test_the_commands_keep_to_two_malloc_arenas() -> None:
+    def arenas(mode: str) -> int:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+        listed = subprocess.run(
+            [sys.executable, "-c", _ARENAS_AFTER_THREADS, mode],
+            capture_output=True,
+            text=True,
+            check=True,
+            env=env,
+        ).stdout
+        return listed.count("<heap nr=")
+
+    assert arenas("default") > MALLOC_ARENAS
+    assert arenas("limited") == MALLOC_ARENAS
