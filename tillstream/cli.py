@@ -598,8 +598,10 @@ _M_ARENA_MAX = -8
 
 
 def limit_malloc_arenas() -> None:
-    """Set MALLOC_ARENAS before any thread starts (as the MALLOC_ARENA_MAX variable would);
-    a C library other than glibc is left as it is."""
+    """Set MALLOC_ARENAS before any thread starts, unless the MALLOC_ARENA_MAX variable
+    sets a number already; a C library other than glibc is left as it is."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return
     try:
         mallopt = ctypes.CDLL(None).mallopt
     except AttributeError:

@@ -105,17 +105,18 @@ below the 128 KiB that glibc maps on its own); then glibc lists its arenas, one
 
 
 @pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "malloc_info"), reason="glibc only")
-def test_the_commands_keep_to_two_malloc_arenas() -> None:
-    def arenas(mode: str) -> int:
+def test_the_commands_keep_to_two_malloc_arenas_unless_told_otherwise() -> None:
+    def arenas(mode: str, **variables: str) -> int:
         env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
         listed = subprocess.run(
             [sys.executable, "-c", _ARENAS_AFTER_THREADS, mode],
             capture_output=True,
             text=True,
             check=True,
-            env=env,
+            env=env | variables,
         ).stdout
         return listed.count("<heap nr=")
 
     assert arenas("default") > MALLOC_ARENAS
     assert arenas("limited") == MALLOC_ARENAS
+    assert arenas("limited", MALLOC_ARENA_MAX="4") == 4
