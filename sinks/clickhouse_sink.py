@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -48,9 +49,14 @@ RECONCILE_SECONDS = 0.5
 """How often finished sources are looked for: each look writes a history row for every
 source whose counts moved, so not after every flush of a busy sink. Every 0.1 s made
 no difference to the latency of a trickle of files (docs/benchmarks.md)."""
-LATE_RECONCILE_SECONDS = 2.0
-"""How often late sales are brought into the aggregates: each time groups all those
-written since the last, and reads the orders counted before."""
+LATE_RECONCILE_SECONDS = 10.0
+"""How often late sales are brought into the aggregates while files are being written.
+Each reconciliation groups all those written since the last and writes a row per
+window and dimension value they touch, however few they are: every 2 s, a backfill's
+1M-row file made 2.8-3.2M late rows in 16-20 reconciliations (docs/benchmarks.md)."""
+LATE_RECONCILE_DONE_SECONDS = 2.0
+"""How soon after the last one a reconciliation runs once a file is done, so that its
+late sales reach the aggregates within seconds of it."""
 SCAN_SHARE = 0.2
 """The most of the time a periodic scan may take. The late-sales one takes CPU from the
 ingestion, and more as `late_orders` grows; nothing is consumed while the history's
@@ -72,17 +78,43 @@ class _Batch:
 
 @dataclass
 class ScanSchedule:
-    """When a periodic scan is next due: `interval` after the last one started, or
-    later after a long one, so that it takes at most SCAN_SHARE of the time."""
+    """When a periodic scan is next due: `interval` after the last one started (once
+    hurried, `hurried_interval`), or later after a long one, so that it takes at most
+    SCAN_SHARE of the time."""
 
     interval: float
+    hurried_interval: float = math.inf
+    """Once hurried, the interval if shorter."""
     due_at: float = 0.0
+    _started: float = 0.0
+    _took: float = 0.0
+    _hurried_at: float = -math.inf
+    _rescheduled: asyncio.Event = field(default_factory=asyncio.Event)
 
     def due(self, now: float) -> bool:
         return now >= self.due_at
 
     def ran(self, started: float, finished: float) -> None:
-        self.due_at = started + max(self.interval, (finished - started) / SCAN_SHARE)
+        self._started, self._took = started, finished - started
+        self.due_at = self._due_after(self._hurried_at >= started)
+
+    def hurry(self, now: float) -> None:
+        """What the scan looks for came at `now`: the next scan is due after
+        `hurried_interval`, and if one is running, the one after it."""
+        self._hurried_at = now
+        self.due_at = min(self.due_at, self._due_after(hurried=True))
+        self._rescheduled.set()
+
+    async def wait(self) -> None:
+        """Until due, or sooner when hurried meanwhile."""
+        while (delay := self.due_at - time.monotonic()) > 0:
+            self._rescheduled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._rescheduled.wait(), delay)
+
+    def _due_after(self, hurried: bool) -> float:
+        interval = min(self.interval, self.hurried_interval) if hurried else self.interval
+        return self._started + max(interval, self._took / SCAN_SHARE)
 
 
 class ClickHouseSink:
@@ -133,7 +165,7 @@ class ClickHouseSink:
         self._on_sources_done = on_sources_done
         self._stopping = asyncio.Event()
         self._late_sales = LateSales()
-        self._late_scan = ScanSchedule(LATE_RECONCILE_SECONDS)
+        self._late_scan = ScanSchedule(LATE_RECONCILE_SECONDS, LATE_RECONCILE_DONE_SECONDS)
         self._history_scan = ScanSchedule(RECONCILE_SECONDS)
 
     async def run(self) -> None:
@@ -253,7 +285,7 @@ class ClickHouseSink:
         """Bring the late sales written since last time into the aggregates when due,
         in the background; while ClickHouse is away, try again next time."""
         while True:
-            await asyncio.sleep(max(0.0, self._late_scan.due_at - time.monotonic()))
+            await self._late_scan.wait()
             try:
                 await self._when_due(
                     self._late_scan, lambda: self._late_sales.reconcile(self._late_db)
@@ -277,6 +309,7 @@ class ClickHouseSink:
             return
         if not done:
             return
+        self._late_scan.hurry(time.monotonic())
         now = time.time()
         for entry in done:
             metrics.END_TO_END_SECONDS.observe(max(0.0, now - entry.seen_at.timestamp()))

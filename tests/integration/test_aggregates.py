@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import shutil
+import time
 from collections.abc import Callable
 from decimal import Decimal
 from pathlib import Path
@@ -14,6 +15,7 @@ import pytest
 import yaml
 
 from producers.publisher import partition_for
+from sinks.clickhouse_sink import LATE_RECONCILE_SECONDS
 from tests.integration.test_end_to_end import assert_matches_truth
 from tests.pipeline import Pipeline
 from tillstream.sample_data import generate_sales
@@ -159,6 +161,47 @@ def test_late_sales_inside_the_lateness_update_their_window_and_later_ones_are_r
         "AND window_start = toDateTime64('2025-01-01 11:00:00', 3, 'UTC')"
     )
     assert hour == [[123000, 123]], "60 sales of 2 and the on-time straggler of 3, at 10.00"
+
+
+def test_a_files_late_sales_are_in_the_reports_seconds_after_it_not_at_the_next_round(
+    make_pipeline: Callable[..., Pipeline], tmp_path: Path
+) -> None:
+    """While files are written the sink reconciles late sales every
+    LATE_RECONCILE_SECONDS; a file dropped just after one has its late sales in the
+    reports soon after it is done, not at the next round."""
+    pipeline = make_pipeline()
+    partitions = 4
+    noon = []  # every partition's watermark reaches 12:00 on 1 January 2025
+    while {partition_for(row[0].encode(), partitions) for row in noon} != set(range(partitions)):
+        noon.append(sale(f"N{len(noon)}", "2025-01-01T12:00:00"))
+    first = write_sales(tmp_path / "noon.csv", noon)
+    second = write_sales(tmp_path / "late.csv", [sale("LATE", "2024-12-01T08:00:00", 5)])
+
+    def reconciled() -> bool:
+        """The last reconciliation started after the last rows were written."""
+        return bool(
+            pipeline.scalar(
+                "SELECT (SELECT max(upto) FROM tillstream.late_reconciliations) >= "
+                "(SELECT max(_block_number) FROM tillstream.sales)"
+            )
+        )
+
+    def december() -> list[list[Any]]:
+        return pipeline.query(
+            "SELECT units FROM tillstream.sales_aggregates WHERE window = 'month' "
+            "AND dimension = 'total' AND window_start = toDateTime64('2024-12-01', 3, 'UTC')"
+        )
+
+    pipeline.start()
+    shutil.copy(first, pipeline.inbox / first.name)
+    pipeline.wait_for_status(first.name, "done")
+    pipeline.wait_for(reconciled, 30, "a reconciliation after the first file")
+    dropped = time.monotonic()
+    shutil.copy(second, pipeline.inbox / second.name)
+    pipeline.wait_for_status(second.name, "done")
+    assert pipeline.wait_for(december, 30, "the late sale in the December total") == [[5]]
+    took = time.monotonic() - dropped
+    assert took < LATE_RECONCILE_SECONDS - 2, f"in the reports {took:.1f}s after the drop"
 
 
 def test_files_with_overlapping_orders_in_either_order_give_identical_tables(
