@@ -86,24 +86,29 @@ class ScanSchedule:
     interval: float
     hurried_interval: float = math.inf
     """Once hurried, the interval if shorter."""
-    due_at: float = 0.0
-    _started: float = 0.0
+    _started: float = -math.inf
     _took: float = 0.0
     _hurried_at: float = -math.inf
     _rescheduled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def due_at(self) -> float:
+        """A hurry since the last scan started counts for the next one: what came
+        during a scan may have come too late for it."""
+        hurried = self._hurried_at >= self._started
+        interval = min(self.interval, self.hurried_interval) if hurried else self.interval
+        return self._started + max(interval, self._took / SCAN_SHARE)
 
     def due(self, now: float) -> bool:
         return now >= self.due_at
 
     def ran(self, started: float, finished: float) -> None:
         self._started, self._took = started, finished - started
-        self.due_at = self._due_after(self._hurried_at >= started)
 
     def hurry(self, now: float) -> None:
         """What the scan looks for came at `now`: the next scan is due after
-        `hurried_interval`, and if one is running, the one after it."""
+        `hurried_interval`."""
         self._hurried_at = now
-        self.due_at = min(self.due_at, self._due_after(hurried=True))
         self._rescheduled.set()
 
     async def wait(self) -> None:
@@ -112,10 +117,6 @@ class ScanSchedule:
             self._rescheduled.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._rescheduled.wait(), delay)
-
-    def _due_after(self, hurried: bool) -> float:
-        interval = min(self.interval, self.hurried_interval) if hurried else self.interval
-        return self._started + max(interval, self._took / SCAN_SHARE)
 
 
 class ClickHouseSink:
