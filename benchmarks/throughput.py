@@ -180,7 +180,8 @@ def _end_to_end(
         progress(f"  done after {seconds:.1f}s; checking against the ground truth")
         check_history(staged.name, row, truth)
         check_clickhouse(up.pipeline, row["source_id"], truth)
-        late_seconds = _late_sales_reconciled(up, timeout) - dropped
+        up.pipeline.wait_for(up.pipeline.late_sales_reconciled, timeout, "the late sales")
+        late_seconds = time.monotonic() - dropped
         late_rows, reconciliations = up.pipeline.query(
             "SELECT count(), uniqExact(reconciliation) FROM tillstream.aggregates "
             f"WHERE partition = {LATE_PARTITION}"
@@ -203,21 +204,6 @@ def _end_to_end(
         ),
         profile=output,
     )
-
-
-def _late_sales_reconciled(up: UpRun, timeout: float) -> float:
-    """When the late-sales reconciliations reached the last block written to `sales`
-    (within 0.2 s), by monotonic time: the dashboards' totals are then complete."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        reached, written = up.pipeline.query(
-            "SELECT (SELECT max(upto) FROM tillstream.late_reconciliations),"
-            " (SELECT max(_block_number) FROM tillstream.sales)"
-        )[0]
-        if int(reached) >= int(written):
-            return time.monotonic()
-        time.sleep(0.2)
-    raise BenchmarkError(f"late sales not reconciled {timeout:.0f}s after the file was done")
 
 
 def _agent_seconds(up: UpRun) -> dict[str, float]:

@@ -206,6 +206,16 @@ class Pipeline(TillstreamProcess):
     def scalar(self, sql: str) -> Any:
         return self.query(sql)[0][0]
 
+    def late_sales_reconciled(self) -> bool:
+        """Whether the last late-sales reconciliation started after the last rows of
+        `sales` were written: every late sale is then in the aggregates."""
+        return bool(
+            self.scalar(
+                "SELECT (SELECT max(upto) FROM tillstream.late_reconciliations) >= "
+                "(SELECT max(_block_number) FROM tillstream.sales)"
+            )
+        )
+
     def status(self) -> list[dict[str, Any]]:
         with urllib.request.urlopen(
             f"{self.api_url}/api/status?limit=1000", timeout=30

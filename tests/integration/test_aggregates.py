@@ -177,15 +177,6 @@ def test_a_files_late_sales_are_in_the_reports_seconds_after_it_not_at_the_next_
     first = write_sales(tmp_path / "noon.csv", noon)
     second = write_sales(tmp_path / "late.csv", [sale("LATE", "2024-12-01T08:00:00", 5)])
 
-    def reconciled() -> bool:
-        """The last reconciliation started after the last rows were written."""
-        return bool(
-            pipeline.scalar(
-                "SELECT (SELECT max(upto) FROM tillstream.late_reconciliations) >= "
-                "(SELECT max(_block_number) FROM tillstream.sales)"
-            )
-        )
-
     def december() -> list[list[Any]]:
         return pipeline.query(
             "SELECT units FROM tillstream.sales_aggregates WHERE window = 'month' "
@@ -195,7 +186,7 @@ def test_a_files_late_sales_are_in_the_reports_seconds_after_it_not_at_the_next_
     pipeline.start()
     shutil.copy(first, pipeline.inbox / first.name)
     pipeline.wait_for_status(first.name, "done")
-    pipeline.wait_for(reconciled, 30, "a reconciliation after the first file")
+    pipeline.wait_for(pipeline.late_sales_reconciled, 30, "a reconciliation after the first file")
     dropped = time.monotonic()
     shutil.copy(second, pipeline.inbox / second.name)
     pipeline.wait_for_status(second.name, "done")
